@@ -1,0 +1,5 @@
+"""``python -m edgegate`` = the ``edgegate`` command."""
+
+from edgegate.cli import main
+
+raise SystemExit(main())

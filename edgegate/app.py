@@ -1,0 +1,221 @@
+"""The composition root: builds every part from the config and runs them in one TaskGroup.
+
+Owns wiring and lifecycle — nothing else in the package knows all the parts. The flow per
+passage (DESIGN.md §2, §10): device sessions emit observations into one queue; the passage
+tracker turns them into closed passages; each closed passage is looked up in the whitelist
+(one batch query), decided by the pure rules, committed to the durable outbox, and only then
+acted on at the gate; the publisher drains the outbox to the broker independently, so a
+decision never waits on the network.
+
+Invariants:
+- a decision is in the outbox before anything observable happens (log line, gate action);
+- on shutdown intake stops first, the open passage is decided and committed, then the
+  publisher drains and announces ``stopped``;
+- every task is named and owned by a TaskGroup; nothing is fire-and-forget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from edgegate import __version__
+from edgegate.config import Config, R2000ReaderConfig
+from edgegate.devices.r2000 import R2000Session
+from edgegate.gate.model import ClosedPassage, Direction, Observation
+from edgegate.gate.passage import PassageTracker, TrackerSettings
+from edgegate.gate.rules import DecideContext, decide
+from edgegate.ids import uuid7
+from edgegate.mqtt.outbox import AsyncOutbox
+from edgegate.mqtt.payloads import WallClock, build_decision_event
+from edgegate.mqtt.publisher import Publisher, PublisherSettings
+from edgegate.mqtt.topics import Topics
+from edgegate.whitelist.store import WhitelistStore
+
+log = structlog.get_logger(__name__)
+
+DECISION_COUNTER = "decision"
+
+
+def tracker_settings(config: Config) -> TrackerSettings:
+    fixed = None if config.gate.direction == "auto" else Direction(config.gate.direction)
+    return TrackerSettings(
+        stable_set_s=config.passage.stable_set_ms / 1000,
+        max_open_s=config.passage.max_open_s,
+        min_rssi_dbm=config.passage.min_rssi_dbm,
+        depart_s=config.passage.depart_ms / 1000,
+        direction=fixed,
+        outside_antennas=frozenset(config.gate.outside_antennas),
+        inside_antennas=frozenset(config.gate.inside_antennas),
+    )
+
+
+def read_password(config: Config) -> str | None:
+    """The MQTT password from ``mqtt.password`` or ``mqtt.password_file`` (never logged)."""
+    if config.mqtt.password is not None:
+        return config.mqtt.password.get_secret_value()
+    if config.mqtt.password_file:
+        with open(config.mqtt.password_file, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return None
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._topics = Topics(config.mqtt.topic_prefix, config.gate.site, config.gate.gate_id)
+        self._observations: asyncio.Queue[Observation] = asyncio.Queue()
+        self._tracker = PassageTracker(tracker_settings(config), new_id=uuid7)
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        config = self._config
+        state_dir = config.storage.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        outbox = await AsyncOutbox.open(state_dir / "outbox.db")
+        store = await asyncio.to_thread(WhitelistStore.open, state_dir)
+        try:
+            await self._run_parts(outbox, store)
+        finally:
+            await outbox.close()
+            store.close()
+
+    async def _run_parts(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
+        config = self._config
+        publisher = Publisher(
+            PublisherSettings(
+                host=config.mqtt.host,
+                port=config.mqtt.port,
+                client_id=config.client_id,
+                keepalive_s=config.mqtt.keepalive_s,
+                username=config.mqtt.username or None,
+                password=read_password(config),
+            ),
+            self._topics,
+            outbox,
+            version=__version__,
+            whitelist_seq=lambda: store.state().seq,
+        )
+        r2000 = [reader for reader in config.readers if isinstance(reader, R2000ReaderConfig)]
+        for reader in config.readers:
+            if not isinstance(reader, R2000ReaderConfig):
+                log.warning("reader.kind_not_supported_yet", reader=reader.name, kind=reader.kind)
+        async with asyncio.TaskGroup() as outer:
+            publisher_task = outer.create_task(publisher.run(), name="publisher")
+            async with asyncio.TaskGroup() as intake:
+                tasks = [
+                    intake.create_task(
+                        R2000Session(reader, self._observations.put_nowait).run(),
+                        name=f"reader-{reader.name}",
+                    )
+                    for reader in r2000
+                ]
+                tracker_task = intake.create_task(
+                    self._track(outbox, store), name="passage-tracker"
+                )
+                log.info(
+                    "daemon.ready",
+                    readers=[reader.name for reader in r2000],
+                    state_dir=str(config.storage.state_dir),
+                )
+                self.ready.set()
+                await self._stop.wait()
+                log.info("daemon.stopping")
+                for task in [*tasks, tracker_task]:
+                    task.cancel()
+            # Intake has stopped: decide what is still open so that no passage is lost.
+            for passage in self._tracker.flush(self._clock()):
+                await self._decide(passage, outbox, store)
+            publisher.shutdown()
+            await publisher_task
+        log.info("daemon.stopped")
+
+    async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
+        tracker = self._tracker
+        while True:
+            deadline = tracker.next_deadline()
+            timeout_s = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                async with asyncio.timeout(timeout_s):
+                    observation = await self._observations.get()
+            except TimeoutError:
+                closed = tracker.tick(self._clock())
+            else:
+                closed = tracker.observe(observation)
+            for passage in closed:
+                await self._decide(passage, outbox, store)
+
+    async def _decide(
+        self, passage: ClosedPassage, outbox: AsyncOutbox, store: WhitelistStore
+    ) -> None:
+        config = self._config
+        items = await asyncio.to_thread(store.lookup_items, passage.epcs)
+        state = store.state()
+        now = datetime.now(UTC)
+        stale = state.issued_at is None or (
+            (now - state.issued_at).total_seconds() > config.whitelist.max_age_s
+        )
+        decision = decide(
+            passage,
+            {epc: items.get(epc) for epc in passage.epcs},
+            DecideContext(
+                now=now,
+                whitelist_stale=stale,
+                stale_policy_hold=config.whitelist.stale_policy == "hold",
+            ),
+        )
+        event_id = uuid7()
+        wall_of = WallClock(time.time(), self._clock())
+
+        def payload(seq: int) -> bytes:
+            return build_decision_event(
+                event_id=event_id,
+                seq=seq,
+                site=config.gate.site,
+                gate=config.gate.gate_id,
+                passage=passage,
+                decision=decision,
+                wall_of=wall_of,
+                decided_at_s=now.timestamp(),
+                whitelist_seq=state.seq,
+            ).to_bytes()
+
+        seq = await outbox.append(
+            self._topics.decision, event_id, payload, counter=DECISION_COUNTER
+        )
+        log.info(
+            "passage.decided",
+            passage_id=passage.passage_id,
+            seq=seq,
+            decision=decision.verdict.value,
+            reasons=[reason.code.value for reason in decision.reasons],
+            tags=len(passage.tags),
+            cause=passage.close_cause,
+        )
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, daemon.request_stop)
+
+
+async def serve(config: Config) -> None:
+    """``edgegate run``: the daemon until SIGTERM / SIGINT."""
+    daemon = Daemon(config)
+    install_signal_handlers(daemon)
+    await daemon.run()

@@ -1,0 +1,133 @@
+"""A throw-away local MQTT broker for `edgegate demo` and the test suite.
+
+Owns starting, stopping, killing and restarting one broker on a free loopback port:
+``mosquitto`` as a child process when the binary exists (the real thing, which tests can
+SIGKILL and restart), else an in-process amqtt broker on a thread of its own (only so that
+the demo runs on a machine without mosquitto).
+
+Invariant: :meth:`LocalBroker.start` returns only once the port accepts connections, and a
+restarted broker listens on the same port, so clients simply reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker on {host}:{port} did not start") from None
+            time.sleep(0.05)
+
+
+class LocalBroker:
+    def __init__(self, port: int | None = None, prefer: str = "mosquitto") -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.binary = shutil.which("mosquitto") if prefer == "mosquitto" else None
+        self.kind = "mosquitto" if self.binary else "amqtt"
+        self._workdir = Path(tempfile.mkdtemp(prefix="edgegate-broker-"))
+        self._process: subprocess.Popen[bytes] | None = None
+        self._amqtt: _AmqttThread | None = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.binary:
+            conf = self._workdir / "mosquitto.conf"
+            conf.write_text(
+                f"listener {self.port} {self.host}\n"
+                "allow_anonymous true\n"
+                "persistence false\n"
+                "log_dest none\n"
+            )
+            self._process = subprocess.Popen(
+                [self.binary, "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        else:
+            self._amqtt = _AmqttThread(self.host, self.port)
+            self._amqtt.start()
+        wait_for_port(self.host, self.port)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._amqtt is not None:
+            self._amqtt.stop()
+            self._amqtt = None
+
+    def kill(self) -> None:
+        """SIGKILL the broker (mosquitto only): clients see the connection drop at once."""
+        if self._process is None:
+            raise RuntimeError("kill() needs a mosquitto child process")
+        self._process.kill()
+        self._process.wait()
+        self._process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class _AmqttThread(threading.Thread):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(name="amqtt-broker", daemon=True)
+        self._bind = f"{host}:{port}"
+        self._loop = asyncio.new_event_loop()
+        self._stopped = asyncio.Event()
+
+    def run(self) -> None:
+        from amqtt.broker import Broker
+
+        async def serve() -> None:
+            broker = Broker(
+                {"listeners": {"default": {"type": "tcp", "bind": self._bind}}},
+                loop=self._loop,
+            )
+            await broker.start()
+            await self._stopped.wait()
+            with contextlib.suppress(Exception):
+                await broker.shutdown()
+
+        self._loop.run_until_complete(serve())
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stopped.set)
+        self.join(timeout=5)

@@ -1,0 +1,188 @@
+"""What ``edgegate whitelist keygen|sign|verify|import|show`` do (DESIGN.md §5), minus parsing.
+
+Owns the file handling around bundles and keys for the command line: reading bundles, bodies
+and key files, writing key pairs, and turning every fault a user can cause into an
+:class:`AdminError`. The CLI maps arguments onto these functions and prints what they return.
+
+Invariants:
+- a user error (missing file, bad key, rejected bundle, busy database) is an
+  :class:`AdminError` with a one-line message naming the file; never a traceback;
+- ``import_bundle`` does exactly what the daemon does with a bundle: verify against the
+  trusted keys, then apply to the store in ``state_dir`` (safe while the daemon runs);
+- ``keygen`` never overwrites a file, and the private key file is created mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edgegate.config import WhitelistConfig
+from edgegate.whitelist.bundle import (
+    DEFAULT_MAX_BYTES,
+    BundleKind,
+    TrustedKeys,
+    VerifiedBundle,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    public_key_base64,
+    sign_body,
+    verify_bundle,
+)
+from edgegate.whitelist.errors import BundleError, RejectReason
+from edgegate.whitelist.records import RecordType, format_timestamp, normalize_epc, to_json
+from edgegate.whitelist.store import DB_NAME, StoreError, WhitelistStore
+
+
+class AdminError(Exception):
+    """A user error, described in one line; ``reason`` is set when a bundle was refused."""
+
+    def __init__(self, message: str, reason: RejectReason | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def keygen(out: Path) -> str:
+    """Write ``OUT.key`` (base64 raw seed, mode 0600) and ``OUT.pub`` (base64 raw public key)."""
+    private_path, public_path = Path(f"{out}.key"), Path(f"{out}.pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise AdminError(f"{path}: already exists; refusing to overwrite a key")
+    private_b64, public_b64 = generate_keypair()
+    _create(private_path, private_b64 + "\n", mode=0o600)
+    try:
+        _create(public_path, public_b64 + "\n", mode=0o644)
+    except AdminError:
+        private_path.unlink()  # no half a key pair left behind
+        raise
+    kid = key_id(base64.b64decode(public_b64))
+    return f"wrote {private_path} and {public_path} (key_id {kid})"
+
+
+def sign(body_path: Path, key_path: Path) -> bytes:
+    """The signed bundle for a body file; only a body that parses whole is ever signed."""
+    body = _read(body_path)
+    try:
+        private = load_private_key(_read(key_path).decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        raise AdminError(f"{key_path}: {exc}") from None
+    bundle = sign_body(body, private)
+    try:
+        _check_records(verify_bundle(bundle, TrustedKeys.from_base64([public_key_base64(private)])))
+    except BundleError as exc:
+        raise AdminError(f"{body_path}: not a valid bundle body: {exc}", exc.reason) from None
+    return bundle
+
+
+def verify(bundle_path: Path, keys: TrustedKeys) -> str:
+    """A one-line summary of a bundle whose signature, header and every record are valid."""
+    try:
+        verified = verify_bundle(_read(bundle_path), keys)
+        _check_records(verified)
+    except BundleError as exc:
+        raise AdminError(f"{bundle_path}: rejected: {exc}", exc.reason) from None
+    return f"ok: {_describe(verified)}"
+
+
+def import_bundle(bundle_path: Path, keys: TrustedKeys, site: str, state_dir: Path) -> str:
+    """Verify and apply a bundle to ``state_dir``'s whitelist, as the daemon would."""
+    data = _read(bundle_path)
+    try:
+        verified = verify_bundle(data, keys)
+        with WhitelistStore.open(state_dir) as store:
+            result = store.apply(
+                verified, site=site, sha256=hashlib.sha256(data).hexdigest(), now=datetime.now(UTC)
+            )
+    except BundleError as exc:
+        raise AdminError(f"{bundle_path}: rejected: {exc}", exc.reason) from None
+    except StoreError as exc:
+        raise AdminError(str(exc)) from None
+    previous = "none" if result.previous_seq is None else str(result.previous_seq)
+    counts = " ".join(f"{rtype}={result.counts[rtype]}" for rtype in RecordType)
+    return (
+        f"applied {result.kind} seq {result.seq} for site {result.site} "
+        f"(was {previous}; {result.records} records): {counts}"
+    )
+
+
+def show(epc: str, state_dir: Path) -> str | None:
+    """The item record the gate would use for ``epc``, as JSON; None when it is unknown."""
+    key = normalize_epc(epc.strip())
+    if key is None:
+        raise AdminError(f"EPC {epc!r} is not hex of whole 16-bit words")
+    if not (state_dir / DB_NAME).exists():
+        raise AdminError(f"{state_dir / DB_NAME}: no whitelist yet (import a bundle first)")
+    try:
+        with WhitelistStore.open(state_dir) as store:
+            item = store.item(key)
+    except StoreError as exc:
+        raise AdminError(str(exc)) from None
+    return None if item is None else json.dumps(to_json(item), indent=2, ensure_ascii=False)
+
+
+def keys_from_file(path: Path) -> TrustedKeys:
+    """Trusted keys from a ``.pub`` file (one or more base64 raw public keys)."""
+    keys = _read(path).decode("utf-8", errors="replace").split()
+    if not keys:
+        raise AdminError(f"{path}: no public key in the file")
+    try:
+        return TrustedKeys.from_base64(keys)
+    except BundleError as exc:
+        raise AdminError(f"{path}: {exc.message}") from None
+
+
+def keys_from_config(config: WhitelistConfig) -> TrustedKeys:
+    """Trusted keys from ``[whitelist] trusted_keys``."""
+    if not config.trusted_keys:
+        raise AdminError("no trusted keys: set [whitelist] trusted_keys or pass --key")
+    try:
+        return TrustedKeys.from_base64(config.trusted_keys)
+    except BundleError as exc:
+        raise AdminError(f"[whitelist] trusted_keys: {exc.message}") from None
+
+
+def _check_records(bundle: VerifiedBundle) -> None:
+    """Parse every record, which is where record faults and a wrong count surface."""
+    for _ in bundle.entries():
+        pass
+
+
+def _describe(bundle: VerifiedBundle) -> str:
+    h = bundle.header
+    base = f" base_seq={h.base_seq}" if h.kind is BundleKind.DELTA else ""
+    return (
+        f"{h.kind} site={h.site} seq={h.seq}{base} records={h.count} "
+        f"issued_at={format_timestamp(h.issued_at)} "
+        f"issuer={h.issuer!r} key_id={bundle.key_id}"
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            # One byte beyond the limit tells "too big" without reading a huge file whole.
+            data = f.read(DEFAULT_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise AdminError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise AdminError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > DEFAULT_MAX_BYTES:
+        raise AdminError(f"{path}: larger than the {DEFAULT_MAX_BYTES}-byte bundle limit")
+    return data
+
+
+def _create(path: Path, text: str, *, mode: int) -> None:
+    try:
+        # O_EXCL: refuse to overwrite even if the file appeared after the existence check.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise AdminError(f"{path}: already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise AdminError(f"{path}: cannot create: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)

@@ -1,0 +1,1 @@
+"""Sans-I/O device codecs: bytes in, events out, bytes back (DESIGN.md §3)."""

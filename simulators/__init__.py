@@ -1,0 +1,1 @@
+"""Device simulators that speak the real wire protocols (PROTOCOLS.md), for tests and demos."""
