@@ -80,11 +80,17 @@ SCRIPT: tuple[DemoPassage, ...] = (
 def demo_records(now: datetime) -> list[dict[str, object]]:
     def item(epc: str, status: str, sku: str) -> dict[str, object]:
         return {
-            "type": "item", "epc": epc, "sku": sku, "owner": OWNER, "status": status,
-            "directions": ["in", "out"], "destinations": [], "conversion_ref": None,
+            "type": "item",
+            "epc": epc,
+            "sku": sku,
+            "owner": OWNER,
+            "status": status,
+            "directions": ["in", "out"],
+            "destinations": [],
+            "conversion_ref": None,
             "declare_by": (now + timedelta(days=14)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "valid_until": None,
-        }  # fmt: skip
+        }
 
     return [
         *(item(epc, "bonded", "SKU-LANCOME-50ML") for epc in LANCOME),
@@ -99,10 +105,15 @@ def signed_demo_bundle(now: datetime) -> tuple[bytes, str]:
     private_b64, public_b64 = generate_keypair()
     records = demo_records(now)
     header = {
-        "format": "edgegate.whitelist", "version": 1, "kind": "snapshot", "site": SITE,
-        "seq": 1, "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "issuer": "edgegate demo",
+        "format": "edgegate.whitelist",
+        "version": 1,
+        "kind": "snapshot",
+        "site": SITE,
+        "seq": 1,
+        "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "issuer": "edgegate demo",
         "count": len(records),
-    }  # fmt: skip
+    }
     body = "\n".join(json.dumps(line, ensure_ascii=False) for line in [header, *records])
     return sign_body(body.encode("utf-8"), load_private_key(private_b64)), public_b64
 
@@ -110,16 +121,22 @@ def signed_demo_bundle(now: datetime) -> tuple[bytes, str]:
 def demo_config(state_dir: Path, broker: LocalBroker, port_path: str, public_key: str) -> Config:
     return parse_config(
         {
-            "gate": {"site": SITE, "gate_id": GATE, "mode": "portal",
-                     "outside_antennas": [OUTSIDE], "inside_antennas": [INSIDE]},
+            "gate": {
+                "site": SITE,
+                "gate_id": GATE,
+                "mode": "portal",
+                "outside_antennas": [OUTSIDE],
+                "inside_antennas": [INSIDE],
+            },
             "mqtt": {"host": broker.host, "port": broker.port},
             "storage": {"state_dir": str(state_dir)},
             "whitelist": {"trusted_keys": [public_key]},
             "passage": {"stable_set_ms": 700, "depart_ms": DEPART_MS},
             "log": {"level": "warning"},
-            "readers": [{"name": "rfid-1", "kind": "r2000", "url": port_path,
-                         "antennas": [OUTSIDE, INSIDE]}],
-        },  # fmt: skip
+            "readers": [
+                {"name": "rfid-1", "kind": "r2000", "url": port_path, "antennas": [OUTSIDE, INSIDE]}
+            ],
+        },
         environ={},
         source="demo config",
     )
@@ -212,8 +229,9 @@ async def _demo(state_dir: Path, console: Console, passages: Sequence[DemoPassag
         listening = asyncio.Event()
 
         async def listen() -> None:
-            async for message in subscribe(broker.host, broker.port, [topics.decision],
-                                           ready=listening):
+            async for message in subscribe(
+                broker.host, broker.port, [topics.decision], ready=listening
+            ):
                 await view.decisions.put(json.loads(message.payload))
 
         async def script() -> int:
@@ -241,9 +259,10 @@ async def _demo(state_dir: Path, console: Console, passages: Sequence[DemoPassag
             return 0
         mismatches = scripted.result()
         console.print(
-            "\n[bold]done[/]: every decision as expected." if not mismatches
+            "\n[bold]done[/]: every decision as expected."
+            if not mismatches
             else f"\n[bold red]{mismatches} decision(s) differed from the script[/]"
-        )  # fmt: skip
+        )
         return 1 if mismatches else 0
 
 
@@ -253,8 +272,9 @@ def run_demo(passages: int = 0, keep_state: str | None = None) -> int:
     script = SCRIPT if passages <= 0 else tuple(SCRIPT[i % len(SCRIPT)] for i in range(passages))
     with contextlib.ExitStack() as stack:
         state_dir = (
-            Path(keep_state) if keep_state
+            Path(keep_state)
+            if keep_state
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgegate-demo-")))
-        )  # fmt: skip
+        )
         code = asyncio.run(_demo(state_dir, console, script))
     return code

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -45,9 +46,14 @@ def wait_for_port(host: str, port: int, timeout_s: float = STARTUP_TIMEOUT_S) ->
 
 
 class LocalBroker:
-    def __init__(self, port: int | None = None, prefer: str = "mosquitto") -> None:
+    def __init__(
+        self, port: int | None = None, prefer: str = "mosquitto", persistence: bool = False
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        # With persistence, mosquitto keeps sessions and queued QoS 1 messages across a
+        # clean stop/start (it saves on SIGTERM), like a production broker would.
+        self.persistence = persistence
         self.binary = shutil.which("mosquitto") if prefer == "mosquitto" else None
         self.kind = "mosquitto" if self.binary else "amqtt"
         self._workdir = Path(tempfile.mkdtemp(prefix="edgegate-broker-"))
@@ -67,8 +73,12 @@ class LocalBroker:
             conf.write_text(
                 f"listener {self.port} {self.host}\n"
                 "allow_anonymous true\n"
-                "persistence false\n"
+                f"persistence {'true' if self.persistence else 'false'}\n"
+                f"persistence_location {self._workdir}/\n"
                 "log_dest none\n"
+                # Started as root, mosquitto would drop to user "mosquitto", which cannot
+                # write its persistence file into our temporary directory.
+                f"user {getpass.getuser()}\n"
             )
             self._process = subprocess.Popen(
                 [self.binary, "-c", str(conf)],

@@ -85,7 +85,7 @@ class Observations(list[Observation]):
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Poll ``condition`` (plain state that signals nothing) until it holds, or fail."""
     async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
+        while not condition():
             await asyncio.sleep(0.005)
 
 
