@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 import structlog
 
 from edgegate import __version__
-from edgegate.config import Config, R2000ReaderConfig
-from edgegate.devices.r2000 import R2000Session
+from edgegate.config import Config
+from edgegate.devices.factory import build_sessions
 from edgegate.gate.model import ClosedPassage, Direction, Observation
 from edgegate.gate.passage import PassageTracker, TrackerSettings
 from edgegate.gate.rules import DecideContext, decide
@@ -78,6 +78,9 @@ class Daemon:
         self._tracker = PassageTracker(tracker_settings(config), new_id=uuid7)
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
+        # Built here, not in run(): a config naming a device we cannot drive is refused
+        # before anything starts.
+        self._sessions = build_sessions(config.readers, self._observations.put_nowait)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -110,26 +113,20 @@ class Daemon:
             version=__version__,
             whitelist_seq=lambda: store.state().seq,
         )
-        r2000 = [reader for reader in config.readers if isinstance(reader, R2000ReaderConfig)]
-        for reader in config.readers:
-            if not isinstance(reader, R2000ReaderConfig):
-                log.warning("reader.kind_not_supported_yet", reader=reader.name, kind=reader.kind)
+        sessions = self._sessions
         async with asyncio.TaskGroup() as outer:
             publisher_task = outer.create_task(publisher.run(), name="publisher")
             async with asyncio.TaskGroup() as intake:
                 tasks = [
-                    intake.create_task(
-                        R2000Session(reader, self._observations.put_nowait).run(),
-                        name=f"reader-{reader.name}",
-                    )
-                    for reader in r2000
+                    intake.create_task(session.run(), name=f"reader-{session.name}")
+                    for session in sessions
                 ]
                 tracker_task = intake.create_task(
                     self._track(outbox, store), name="passage-tracker"
                 )
                 log.info(
                     "daemon.ready",
-                    readers=[reader.name for reader in r2000],
+                    readers=[session.name for session in sessions],
                     state_dir=str(config.storage.state_dir),
                 )
                 self.ready.set()

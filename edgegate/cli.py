@@ -40,11 +40,15 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edgegate.app import serve
+    from edgegate.devices.factory import UnsupportedDeviceError
     from edgegate.logs import configure_logging
 
     config = _config(args)
     configure_logging(config.log.level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except UnsupportedDeviceError as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
     return 0
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from edgegate.config import R2000ReaderConfig
+from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import Backoff, LinkError, open_link
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.r2000 import (
@@ -49,19 +50,6 @@ _READ_SIZE = 4096
 _TARGETS = {"A": 0, "B": 1}
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class R2000Stats:
-    """A snapshot of one reader's health (DESIGN.md §9, ``health``: connected, frames, …)."""
-
-    connected: bool
-    frames: int
-    checksum_errors: int
-    malformed: int
-    resyncs: int
-    last_seen_mono_s: float | None
-    """When the reader last sent a frame that decoded, on the session's clock."""
 
 
 class _ReaderError(Exception):
@@ -98,9 +86,13 @@ class R2000Session:
         self._last_seen_mono_s: float | None = None
 
     @property
-    def stats(self) -> R2000Stats:
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def stats(self) -> DeviceStats:
         host = self._host
-        return R2000Stats(
+        return DeviceStats(
             connected=self._up is True,
             frames=self._frames + (host.frames if host else 0),
             checksum_errors=self._checksum_errors + (host.checksum_errors if host else 0),

@@ -68,6 +68,16 @@ class ReaderUp:
 Observation = TagSeen | CodeScanned | BeamChanged | ReaderDown | ReaderUp
 
 
+@dataclass(frozen=True, slots=True)
+class GateOutputs:
+    """What the gate shows: the desired state of every output (all off = closed and dark)."""
+
+    barrier_open: bool = False
+    green: bool = False
+    red: bool = False
+    buzzer: bool = False
+
+
 class Direction(StrEnum):
     IN = "in"
     OUT = "out"

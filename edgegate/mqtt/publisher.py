@@ -23,7 +23,7 @@ import asyncio
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiomqtt
@@ -53,6 +53,21 @@ class PublisherSettings:
     backoff_cap_s: float = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """An inbound topic filter and its handler (whitelist bundles, commands, acks).
+
+    Handlers run inline in the message loop, in arrival order: they must be quick (validate,
+    enqueue) and hand slow work to a task of their own. A handler that raises is logged and
+    counted; the message is dropped and the connection stays up — input from the network
+    never takes the publisher down.
+    """
+
+    topic_filter: str
+    handler: Callable[[str, bytes], Awaitable[None]]
+    qos: int = 1
+
+
 class _ShutdownRequestedError(Exception):
     """Raised inside the connection's TaskGroup to leave it cleanly on shutdown."""
 
@@ -65,12 +80,16 @@ class Publisher:
         outbox: AsyncOutbox,
         version: str,
         whitelist_seq: Callable[[], int | None],
+        subscriptions: Sequence[Subscription] = (),
     ) -> None:
         self._settings = settings
         self._topics = topics
         self._outbox = outbox
         self._version = version
         self._whitelist_seq = whitelist_seq
+        self._subscriptions = tuple(subscriptions)
+        self._client: aiomqtt.Client | None = None
+        self.handler_errors = 0
         self._since = instant(time.time())
         self._stopping = asyncio.Event()
         self.connected = False
@@ -122,29 +141,62 @@ class Publisher:
             keepalive=s.keepalive_s,
             tls_context=s.tls_context,
             timeout=PUBLISH_TIMEOUT_S,
+            # A persistent session: the broker queues QoS 1 messages for our subscriptions
+            # (whitelist deltas, commands) while the gate is offline.
+            clean_session=False,
             will=aiomqtt.Will(self._topics.status, self._status("offline"), qos=1, retain=True),
         )
         async with client:
             self.connected = True
             self.connects += 1
             log.info("mqtt.connected", host=s.host, port=s.port, client_id=s.client_id)
+            for subscription in self._subscriptions:
+                await client.subscribe(subscription.topic_filter, qos=subscription.qos)
             await client.publish(self._topics.status, self._status("online"), qos=1, retain=True)
+            self._client = client
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._watch_connection(client), name="mqtt-messages")
+                    group.create_task(self._dispatch(client), name="mqtt-messages")
                     group.create_task(self._drain_forever(client), name="mqtt-drain")
             except* _ShutdownRequestedError:
                 pass
+            finally:
+                self._client = None
             await self._drain_once(client, deadline_s=SHUTDOWN_DRAIN_S)
             await client.publish(self._topics.status, self._status("stopped"), qos=1, retain=True)
             self.connected = False
             log.info("mqtt.stopped")
 
-    async def _watch_connection(self, client: aiomqtt.Client) -> None:
+    async def publish_now(
+        self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
+    ) -> bool:
+        """Best effort, not durable (health heartbeats): publish if connected right now."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError:
+            return False
+        return True
+
+    async def _dispatch(self, client: aiomqtt.Client) -> None:
         # Iterating messages raises MqttError as soon as paho sees the connection drop,
         # which cancels the drain task and its in-flight publishes with it.
-        async for _message in client.messages:
-            pass
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            for subscription in self._subscriptions:
+                if not message.topic.matches(subscription.topic_filter):
+                    continue
+                try:
+                    await subscription.handler(str(message.topic), payload)
+                except Exception as exc:
+                    self.handler_errors += 1
+                    log.error(
+                        "mqtt.handler_failed",
+                        topic=str(message.topic),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
 
     async def _drain_forever(self, client: aiomqtt.Client) -> None:
         wake = self._outbox.appended

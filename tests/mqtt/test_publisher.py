@@ -12,7 +12,7 @@ import pytest
 
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.outbox import AsyncOutbox
-from edgegate.mqtt.publisher import Publisher, PublisherSettings
+from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.topics import Topics
 
 
@@ -128,3 +128,42 @@ async def test_events_committed_while_the_broker_is_dead_arrive_after_it_restart
         pub.shutdown()
     assert pub.connects >= 2
     assert pub.published == 4
+
+
+async def test_inbound_messages_reach_their_handler_and_a_failing_handler_is_contained(
+    broker: LocalBroker, outbox: AsyncOutbox, topics: Topics
+) -> None:
+    received: list[tuple[str, bytes]] = []
+
+    async def on_cmd(topic: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise ValueError("malformed command")
+        received.append((topic, payload))
+
+    settings = PublisherSettings(host=broker.host, port=broker.port, client_id=topics.gate_id)
+    pub = Publisher(
+        settings,
+        topics,
+        outbox,
+        version="test",
+        whitelist_seq=lambda: None,
+        subscriptions=[Subscription(topics.cmd, on_cmd)],
+    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(pub.run())
+        async with aiomqtt.Client(broker.host, broker.port) as sender:
+            await sender.subscribe(topics.status, qos=1)
+            async with asyncio.timeout(10):
+                async for message in sender.messages:
+                    if json.loads(message.payload)["state"] == "online":  # type: ignore[arg-type]
+                        break
+            for payload in (b"boom", b"ping-1", b"ping-2"):
+                await sender.publish(topics.cmd, payload, qos=1)
+            async with asyncio.timeout(10):
+                while len(received) < 2:
+                    await asyncio.sleep(0.02)
+        assert await pub.publish_now(topics.health, b"{}", qos=0, retain=True)
+        pub.shutdown()
+    assert received == [(topics.cmd, b"ping-1"), (topics.cmd, b"ping-2")]
+    assert pub.handler_errors == 1
+    assert pub.connects == 1
