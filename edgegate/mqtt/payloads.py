@@ -90,6 +90,16 @@ class StatusPayload(_Payload):
     whitelist_seq: int | None = None
 
 
+class AlarmEvent(_Payload):
+    """``G/alarm`` (DESIGN.md §9): something an operator must look at."""
+
+    event_id: str
+    kind: str
+    severity: Literal["info", "warning", "critical"]
+    detail: str
+    at: str
+
+
 def instant(epoch_s: float) -> str:
     """RFC 3339 UTC with milliseconds: ``2026-11-25T08:00:00.123Z``."""
     moment = datetime.fromtimestamp(epoch_s, tz=UTC)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from edgegate.mqtt.alarms import AlarmKind, Alarms
 from edgegate.mqtt.outbox import AsyncOutbox, Outbox
+from edgegate.mqtt.topics import Topics
 
 
 def test_append_commits_and_survives_reopening(tmp_path: Path) -> None:
@@ -77,4 +80,20 @@ async def test_async_outbox_wakes_its_reader_after_each_append(tmp_path: Path) -
     assert seq == 1
     assert box.appended.is_set()
     assert (await box.stats()).depth == 1
+    await box.close()
+
+
+async def test_an_alarm_is_committed_to_the_outbox_as_an_alarm_event(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path / "outbox.db")
+    topics = Topics("edgegate/v1", "HAK-CBZ", "G01")
+    event_id = await Alarms(box, topics).raise_alarm(
+        AlarmKind.WHITELIST_REJECTED, "warning", "bad_signature: snapshot seq 9"
+    )
+    [row] = await box.pending(10)
+    payload = json.loads(row.payload)
+    assert row.topic == "edgegate/v1/HAK-CBZ/G01/alarm"
+    assert payload["event_id"] == event_id == row.event_id
+    assert (payload["kind"], payload["severity"]) == ("whitelist_rejected", "warning")
+    assert payload["detail"] == "bad_signature: snapshot seq 9"
+    assert payload["at"].endswith("Z")
     await box.close()
