@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -25,16 +26,17 @@ from datetime import UTC, datetime
 import structlog
 
 from edgegate import __version__
-from edgegate.config import Config
+from edgegate.config import Config, InspectionConfig
 from edgegate.devices.factory import build_sessions
 from edgegate.gate.model import ClosedPassage, Direction, Observation
 from edgegate.gate.passage import PassageTracker, TrackerSettings
-from edgegate.gate.rules import DecideContext, decide
+from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
 from edgegate.ids import uuid7
 from edgegate.mqtt.outbox import AsyncOutbox
 from edgegate.mqtt.payloads import WallClock, build_decision_event
 from edgegate.mqtt.publisher import Publisher, PublisherSettings
 from edgegate.mqtt.topics import Topics
+from edgegate.whitelist.facts import gather_facts
 from edgegate.whitelist.store import WhitelistStore
 
 log = structlog.get_logger(__name__)
@@ -53,6 +55,29 @@ def tracker_settings(config: Config) -> TrackerSettings:
         outside_antennas=frozenset(config.gate.outside_antennas),
         inside_antennas=frozenset(config.gate.inside_antennas),
     )
+
+
+def inspection_policy(config: InspectionConfig) -> InspectionPolicy | None:
+    """The random-inspection policy, with its secret seed read once at start-up.
+
+    The seed comes from ``seed_file`` or ``$CREDENTIALS_DIRECTORY/inspection-seed``. Without a
+    seed there is no auditable draw, so inspection is off and a warning says so.
+    """
+    if not config.enabled:
+        return None
+    seed_path = config.seed_file or _credential("inspection-seed")
+    if not seed_path:
+        log.warning("inspection.disabled_no_seed", seed_id=config.seed_id)
+        return None
+    with open(seed_path, "rb") as handle:
+        seed = handle.read().strip()
+    return InspectionPolicy(enabled=True, seed=seed, seed_id=config.seed_id, rates=config.rates)
+
+
+def _credential(name: str) -> str:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
+    path = os.path.join(directory, name) if directory else ""
+    return path if path and os.path.exists(path) else ""
 
 
 def read_password(config: Config) -> str | None:
@@ -81,6 +106,7 @@ class Daemon:
         # Built here, not in run(): a config naming a device we cannot drive is refused
         # before anything starts.
         self._sessions = build_sessions(config.readers, self._observations.put_nowait)
+        self._inspection = inspection_policy(config.inspection)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -160,7 +186,7 @@ class Daemon:
         self, passage: ClosedPassage, outbox: AsyncOutbox, store: WhitelistStore
     ) -> None:
         config = self._config
-        items = await asyncio.to_thread(store.lookup_items, passage.epcs)
+        facts = await asyncio.to_thread(gather_facts, store, passage)
         state = store.state()
         now = datetime.now(UTC)
         stale = state.issued_at is None or (
@@ -168,11 +194,13 @@ class Daemon:
         )
         decision = decide(
             passage,
-            {epc: items.get(epc) for epc in passage.epcs},
+            facts,
             DecideContext(
                 now=now,
                 whitelist_stale=stale,
                 stale_policy_hold=config.whitelist.stale_policy == "hold",
+                barrier_mode=config.gate.mode == "barrier",
+                inspection=self._inspection,
             ),
         )
         event_id = uuid7()

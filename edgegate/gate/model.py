@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -171,14 +172,46 @@ class Reason:
 
 
 @dataclass(frozen=True, slots=True)
+class Inspection:
+    """The random-inspection draw of one passage: probability, seed id, outcome (§8)."""
+
+    p: float
+    seed_id: str
+    drawn: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
-    """The verdict on one passage: ``pass`` exactly when ``reasons`` is empty."""
+    """The verdict on one passage: ``pass`` exactly when ``reasons`` is empty.
+
+    ``items`` maps every EPC of the passage to its record (None when unknown or a vehicle);
+    ``overdue_epcs`` are items past ``declare_by`` — an alarm, never a reason.
+    """
 
     verdict: Verdict
     reasons: tuple[Reason, ...]
-    items: dict[str, ItemRecord | None] = field(default_factory=dict)
+    items: Mapping[str, ItemRecord | None] = field(default_factory=dict)
+    inspection: Inspection | None = None
+    vehicle_tag: str | None = None
+    pass_no: str | None = None
+    overdue_epcs: tuple[str, ...] = ()
 
     @staticmethod
-    def from_reasons(reasons: tuple[Reason, ...], items: dict[str, ItemRecord | None]) -> Decision:
-        verdict = Verdict.HOLD if reasons else Verdict.PASS
-        return Decision(verdict=verdict, reasons=reasons, items=items)
+    def from_reasons(
+        reasons: tuple[Reason, ...],
+        items: Mapping[str, ItemRecord | None],
+        *,
+        inspection: Inspection | None = None,
+        vehicle_tag: str | None = None,
+        pass_no: str | None = None,
+        overdue_epcs: tuple[str, ...] = (),
+    ) -> Decision:
+        return Decision(
+            verdict=Verdict.HOLD if reasons else Verdict.PASS,
+            reasons=reasons,
+            items=items,
+            inspection=inspection,
+            vehicle_tag=vehicle_tag,
+            pass_no=pass_no,
+            overdue_epcs=overdue_epcs,
+        )

@@ -62,6 +62,14 @@ class CodeOut(_Payload):
     value: str
 
 
+class InspectionOut(_Payload):
+    """The random-inspection draw: probability, the seed's id, and whether it was drawn."""
+
+    p: float
+    seed_id: str
+    drawn: bool
+
+
 class DecisionEvent(_Payload):
     schema_id: str = Field(default=DECISION_SCHEMA, alias="schema")
     event_id: str
@@ -79,6 +87,7 @@ class DecisionEvent(_Payload):
     codes: tuple[CodeOut, ...]
     vehicle_tag: str | None = None
     pass_no: str | None = None
+    inspection: InspectionOut | None = None
     whitelist_seq: int | None
     close_cause: str
 
@@ -148,6 +157,17 @@ def build_decision_event(
         codes=tuple(_code_out(code) for code in passage.codes),
         whitelist_seq=whitelist_seq,
         close_cause=passage.close_cause,
+        vehicle_tag=decision.vehicle_tag,
+        pass_no=decision.pass_no,
+        inspection=(
+            InspectionOut(
+                p=decision.inspection.p,
+                seed_id=decision.inspection.seed_id,
+                drawn=decision.inspection.drawn,
+            )
+            if decision.inspection is not None
+            else None
+        ),
     )
 
 
