@@ -27,9 +27,11 @@ import structlog
 
 from edgegate import __version__
 from edgegate.config import Config, InspectionConfig
-from edgegate.devices.factory import build_sessions
-from edgegate.gate.model import ClosedPassage, Direction, Observation
-from edgegate.gate.passage import PassageTracker, TrackerSettings
+from edgegate.devices.actions import GateDriver
+from edgegate.devices.factory import build_actuator, build_sessions
+from edgegate.gate.actions import ActionSettings, plan_for_decision, plan_for_passage_end
+from edgegate.gate.model import ClosedPassage, Direction, Observation, Verdict
+from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerEvent, TrackerSettings
 from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
 from edgegate.ids import uuid7
 from edgegate.mqtt.outbox import AsyncOutbox
@@ -54,6 +56,8 @@ def tracker_settings(config: Config) -> TrackerSettings:
         direction=fixed,
         outside_antennas=frozenset(config.gate.outside_antennas),
         inside_antennas=frozenset(config.gate.inside_antennas),
+        barrier_mode=config.gate.mode == "barrier",
+        pass_wait_s=config.passage.pass_wait_ms / 1000,
     )
 
 
@@ -107,6 +111,8 @@ class Daemon:
         # before anything starts.
         self._sessions = build_sessions(config.readers, self._observations.put_nowait)
         self._inspection = inspection_policy(config.inspection)
+        self._gate = GateDriver(build_actuator(self._sessions))
+        self._actions = ActionSettings(barrier_mode=config.gate.mode == "barrier")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -142,6 +148,7 @@ class Daemon:
         sessions = self._sessions
         async with asyncio.TaskGroup() as outer:
             publisher_task = outer.create_task(publisher.run(), name="publisher")
+            gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
             async with asyncio.TaskGroup() as intake:
                 tasks = [
                     intake.create_task(session.run(), name=f"reader-{session.name}")
@@ -161,10 +168,11 @@ class Daemon:
                 for task in [*tasks, tracker_task]:
                     task.cancel()
             # Intake has stopped: decide what is still open so that no passage is lost.
-            for passage in self._tracker.flush(self._clock()):
-                await self._decide(passage, outbox, store)
+            for event in self._tracker.flush(self._clock()):
+                await self._on_tracker_event(event, outbox, store)
             publisher.shutdown()
             await publisher_task
+            gate_task.cancel()
         log.info("daemon.stopped")
 
     async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
@@ -176,15 +184,25 @@ class Daemon:
                 async with asyncio.timeout(timeout_s):
                     observation = await self._observations.get()
             except TimeoutError:
-                closed = tracker.tick(self._clock())
+                events = tracker.tick(self._clock())
             else:
-                closed = tracker.observe(observation)
-            for passage in closed:
-                await self._decide(passage, outbox, store)
+                events = tracker.observe(observation)
+            for event in events:
+                await self._on_tracker_event(event, outbox, store)
+
+    async def _on_tracker_event(
+        self, event: TrackerEvent, outbox: AsyncOutbox, store: WhitelistStore
+    ) -> None:
+        if isinstance(event, PassageEnded):
+            self._gate.follow(plan_for_passage_end())
+            return
+        verdict = await self._decide(event, outbox, store)
+        # Only now, with the decision durable in the outbox, does the gate act (§10).
+        self._gate.follow(plan_for_decision(verdict, self._actions))
 
     async def _decide(
         self, passage: ClosedPassage, outbox: AsyncOutbox, store: WhitelistStore
-    ) -> None:
+    ) -> Verdict:
         config = self._config
         facts = await asyncio.to_thread(gather_facts, store, passage)
         state = store.state()
@@ -231,6 +249,7 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
+        return decision.verdict
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

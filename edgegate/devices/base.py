@@ -9,7 +9,7 @@ actuator's ``apply()`` is idempotent — applying the same outputs twice changes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edgegate.gate.model import GateOutputs
 
@@ -36,6 +36,7 @@ class DeviceSession(Protocol):
     async def run(self) -> None: ...
 
 
+@runtime_checkable
 class Actuator(Protocol):
     """Drives the gate's outputs (barrier, lights, buzzer)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from edgegate.config import R2000ReaderConfig, ReaderConfig
-from edgegate.devices.base import DeviceSession
+from edgegate.devices.base import Actuator, DeviceSession
 from edgegate.devices.r2000 import R2000Session
 from edgegate.gate.model import Observation
 
@@ -32,3 +32,8 @@ def build_sessions(
                     f"reader {reader.name!r}: kind {reader.kind!r} is not supported yet"
                 )
     return sessions
+
+
+def build_actuator(sessions: Sequence[DeviceSession]) -> Actuator | None:
+    """The session that drives the gate's outputs: the first configured actuator, if any."""
+    return next((s for s in sessions if isinstance(s, Actuator)), None)

@@ -138,6 +138,7 @@ class ClosedPassage:
     tags: tuple[TagSummary, ...]
     codes: tuple[CodeScanned, ...] = ()
     readers_down: tuple[str, ...] = ()
+    direction_evidence: str = ""
 
     @property
     def epcs(self) -> tuple[str, ...]:

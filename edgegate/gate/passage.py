@@ -1,19 +1,27 @@
-"""The passage tracker: turns a stream of observations into closed passages (event cycles).
+"""The passage tracker: turns a stream of observations into passages (event cycles).
 
-Owns the open passage, the de-duplication of reads, the lingering-tag rule and the
+Owns the open passage, the de-duplication of reads, the beams, the lingering-tag rule and the
 bookkeeping of readers that are down. Pure: no I/O, no clock of its own — the caller passes
 every observation (which carries its own monotonic time) and calls :meth:`PassageTracker.tick`
 with the current monotonic time; :meth:`PassageTracker.next_deadline` says when the next
 tick can change anything.
 
 Invariants (DESIGN.md §8):
-- at most one passage is open at a time; it opens on the first tag read (beams come later);
+- at most one passage is open at a time; it opens on a beam break, or on the first tag read;
 - an EPC is counted once per passage (reads, peak RSSI, antennas, first/last seen);
 - a read weaker than ``min_rssi_dbm`` is ignored entirely;
-- a passage closes when no new EPC has arrived for ``stable_set_s``, or at ``max_open_s``;
+- portal mode: a passage closes when no new EPC has arrived for ``stable_set_s`` and the
+  beams are clear; barrier mode: once the set is stable and a code has been scanned, or
+  ``pass_wait_s`` after it became stable without one, or at once when the vehicle backs out
+  (beams clear before the decision); in both modes at ``max_open_s`` at the latest;
+- an empty passage (beams broke, nothing read) is still a passage and is decided;
+- in barrier mode a decided passage *ends* (:class:`PassageEnded`, the barrier closes) when
+  both beams are clear;
 - an EPC of a closed passage neither opens nor joins a passage until it has been out of the
   field for ``depart_s`` (one pallet is one decision, however long it sits at the antennas);
-- a reader that was down at any moment of a passage is listed in ``readers_down``.
+- a reader that was down at any moment of a passage is listed in ``readers_down``;
+- the direction and the evidence for it are recorded: config, else beam order (A = outside
+  first = in), else antenna order (outside antennas first = in), else unknown.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from edgegate.gate.model import (
+    BeamChanged,
     ClosedPassage,
     CodeScanned,
     Direction,
@@ -31,6 +40,8 @@ from edgegate.gate.model import (
     TagSeen,
     TagSummary,
 )
+
+OUTSIDE_BEAM, INSIDE_BEAM = "A", "B"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,19 @@ class TrackerSettings:
     direction: Direction | None = None
     outside_antennas: frozenset[int] = frozenset()
     inside_antennas: frozenset[int] = frozenset()
+    barrier_mode: bool = False
+    pass_wait_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PassageEnded:
+    """Barrier mode: the vehicle of a decided passage has cleared both beams."""
+
+    passage_id: str
+    at_mono_s: float
+
+
+TrackerEvent = ClosedPassage | PassageEnded
 
 
 @dataclass(slots=True)
@@ -83,13 +107,15 @@ class _OpenPassage:
     tags: dict[str, _TagAccumulator] = field(default_factory=dict)
     codes: list[CodeScanned] = field(default_factory=list)
     readers_down: set[str] = field(default_factory=set)
-    # First read on an outside / inside antenna: the direction evidence (DESIGN.md §8).
+    first_beam: str | None = None
+    beams_seen: bool = False
+    # First read on an outside / inside antenna: direction evidence (DESIGN.md §8).
     first_outside_mono_s: float | None = None
     first_inside_mono_s: float | None = None
 
 
 class PassageTracker:
-    """Feed it observations and ticks; it hands back passages as they close."""
+    """Feed it observations and ticks; it hands back passages as they close and end."""
 
     def __init__(self, settings: TrackerSettings, new_id: Callable[[], str]) -> None:
         self._settings = settings
@@ -97,6 +123,8 @@ class PassageTracker:
         self._open: _OpenPassage | None = None
         self._lingering: dict[str, float] = {}
         self._down: set[str] = set()
+        self._broken: set[str] = set()
+        self._awaiting_clear: str | None = None
 
     @property
     def open_passage_id(self) -> str | None:
@@ -106,26 +134,31 @@ class PassageTracker:
     def readers_down(self) -> frozenset[str]:
         return frozenset(self._down)
 
-    def observe(self, observation: Observation) -> list[ClosedPassage]:
-        """Account for one observation; returns passages that closed before it applied."""
-        closed = self.tick(observation.at_mono_s)
+    @property
+    def beams_clear(self) -> bool:
+        return not self._broken & {OUTSIDE_BEAM, INSIDE_BEAM}
+
+    def observe(self, observation: Observation) -> list[TrackerEvent]:
+        """Account for one observation; returns what closed or ended because of it."""
+        events = self.tick(observation.at_mono_s)
         match observation:
             case TagSeen():
                 self._on_tag(observation)
             case CodeScanned():
                 if self._open is not None:
                     self._open.codes.append(observation)
+            case BeamChanged():
+                events += self._on_beam(observation)
             case ReaderDown(reader=reader):
                 self._down.add(reader)
                 if self._open is not None:
                     self._open.readers_down.add(reader)
             case ReaderUp(reader=reader):
                 self._down.discard(reader)
-            case _:
-                pass
-        return closed
+        # A code or a beam can complete the close condition at this very instant.
+        return events + self.tick(observation.at_mono_s)
 
-    def tick(self, now_mono_s: float) -> list[ClosedPassage]:
+    def tick(self, now_mono_s: float) -> list[TrackerEvent]:
         """Close the open passage if its time has come; forget tags that have departed."""
         settings = self._settings
         self._lingering = {
@@ -138,23 +171,69 @@ class PassageTracker:
             return []
         if now_mono_s - passage.opened_at_mono_s >= settings.max_open_s:
             return [self._close(now_mono_s, "max_open")]
-        if now_mono_s - passage.last_new_epc_mono_s >= settings.stable_set_s:
-            return [self._close(now_mono_s, "stable_set")]
+        stable_since = passage.last_new_epc_mono_s + settings.stable_set_s
+        if now_mono_s < stable_since:
+            return []
+        if not settings.barrier_mode:
+            return [self._close(now_mono_s, "stable_set")] if self.beams_clear else []
+        if passage.codes:
+            return [self._close(now_mono_s, "pass_scanned")]
+        if now_mono_s >= stable_since + settings.pass_wait_s:
+            return [self._close(now_mono_s, "pass_wait")]
         return []
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which :meth:`tick` would next change state, if any."""
+        settings = self._settings
         deadlines: list[float] = []
         if self._open is not None:
-            deadlines.append(self._open.opened_at_mono_s + self._settings.max_open_s)
-            deadlines.append(self._open.last_new_epc_mono_s + self._settings.stable_set_s)
+            deadlines.append(self._open.opened_at_mono_s + settings.max_open_s)
+            stable_since = self._open.last_new_epc_mono_s + settings.stable_set_s
+            deadlines.append(stable_since)
+            if settings.barrier_mode:
+                deadlines.append(stable_since + settings.pass_wait_s)
         if self._lingering:
-            deadlines.append(min(self._lingering.values()) + self._settings.depart_s)
+            deadlines.append(min(self._lingering.values()) + settings.depart_s)
         return min(deadlines) if deadlines else None
 
-    def flush(self, now_mono_s: float) -> list[ClosedPassage]:
+    def flush(self, now_mono_s: float) -> list[TrackerEvent]:
         """Close the open passage now (shutdown: its decision must not be lost)."""
         return [self._close(now_mono_s, "shutdown")] if self._open is not None else []
+
+    def _on_beam(self, change: BeamChanged) -> list[TrackerEvent]:
+        was_clear = self.beams_clear
+        if change.broken:
+            self._broken.add(change.beam)
+        else:
+            self._broken.discard(change.beam)
+        if change.beam not in (OUTSIDE_BEAM, INSIDE_BEAM):
+            return []  # a loop detector is evidence of a vehicle, not of its direction
+        passage = self._open
+        if change.broken:
+            if passage is None and self._awaiting_clear is None:
+                passage = self._open = self._start(change.at_mono_s)
+            if passage is not None:
+                passage.beams_seen = True
+                passage.first_beam = passage.first_beam or change.beam
+            return []
+        if not self.beams_clear or was_clear:
+            return []
+        if passage is not None and self._settings.barrier_mode and passage.beams_seen:
+            # The vehicle left before it was decided (backed out): decide it as it stands.
+            return [self._close(change.at_mono_s, "backed_out")]
+        if self._awaiting_clear is not None:
+            ended = PassageEnded(self._awaiting_clear, change.at_mono_s)
+            self._awaiting_clear = None
+            return [ended]
+        return []
+
+    def _start(self, at_mono_s: float) -> _OpenPassage:
+        return _OpenPassage(
+            passage_id=self._new_id(),
+            opened_at_mono_s=at_mono_s,
+            last_new_epc_mono_s=at_mono_s,
+            readers_down=set(self._down),
+        )
 
     def _on_tag(self, read: TagSeen) -> None:
         if read.rssi_dbm < self._settings.min_rssi_dbm:
@@ -164,13 +243,8 @@ class PassageTracker:
             return
         passage = self._open
         if passage is None:
-            passage = self._open = _OpenPassage(
-                passage_id=self._new_id(),
-                opened_at_mono_s=read.at_mono_s,
-                last_new_epc_mono_s=read.at_mono_s,
-                readers_down=set(self._down),
-            )
-        self._note_direction_evidence(passage, read)
+            passage = self._open = self._start(read.at_mono_s)
+        self._note_antenna_evidence(passage, read)
         known = passage.tags.get(read.epc)
         if known is not None:
             known.add(read)
@@ -186,31 +260,41 @@ class PassageTracker:
         )
         passage.last_new_epc_mono_s = read.at_mono_s
 
-    def _note_direction_evidence(self, passage: _OpenPassage, read: TagSeen) -> None:
+    def _note_antenna_evidence(self, passage: _OpenPassage, read: TagSeen) -> None:
         if read.antenna in self._settings.outside_antennas and passage.first_outside_mono_s is None:
             passage.first_outside_mono_s = read.at_mono_s
         if read.antenna in self._settings.inside_antennas and passage.first_inside_mono_s is None:
             passage.first_inside_mono_s = read.at_mono_s
 
-    def _direction(self, passage: _OpenPassage) -> Direction:
+    def _direction(self, passage: _OpenPassage) -> tuple[Direction, str]:
         if self._settings.direction is not None:
-            return self._settings.direction
+            return self._settings.direction, "config"
+        if passage.first_beam is not None:
+            first = passage.first_beam
+            direction = Direction.IN if first == OUTSIDE_BEAM else Direction.OUT
+            return direction, f"beam {first} broke first"
         outside, inside = passage.first_outside_mono_s, passage.first_inside_mono_s
         if outside is not None and inside is not None and outside != inside:
-            return Direction.IN if outside < inside else Direction.OUT
-        return Direction.UNKNOWN
+            direction = Direction.IN if outside < inside else Direction.OUT
+            order = "outside then inside" if outside < inside else "inside then outside"
+            return direction, f"antennas {order}"
+        return Direction.UNKNOWN, "no evidence"
 
     def _close(self, now_mono_s: float, cause: str) -> ClosedPassage:
         passage = self._open
         assert passage is not None
         self._open = None
         self._linger(passage.tags.values(), now_mono_s)
+        if self._settings.barrier_mode and not self.beams_clear:
+            self._awaiting_clear = passage.passage_id
+        direction, evidence = self._direction(passage)
         return ClosedPassage(
             passage_id=passage.passage_id,
             opened_at_mono_s=passage.opened_at_mono_s,
             closed_at_mono_s=now_mono_s,
             close_cause=cause,
-            direction=self._direction(passage),
+            direction=direction,
+            direction_evidence=evidence,
             tags=tuple(acc.summary() for acc in passage.tags.values()),
             codes=tuple(passage.codes),
             readers_down=tuple(sorted(passage.readers_down)),

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import itertools
 
-from edgegate.gate.model import CodeScanned, Direction, ReaderDown, ReaderUp, TagSeen
-from edgegate.gate.passage import PassageTracker, TrackerSettings
+from edgegate.gate.model import (
+    BeamChanged,
+    ClosedPassage,
+    CodeScanned,
+    Direction,
+    ReaderDown,
+    ReaderUp,
+    TagSeen,
+)
+from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerSettings
 
 A, B, C = "3074257BF7194E4000001A85", "3074257BF7194E4000001A86", "3074257BF7194E4000001A87"
 
@@ -156,3 +164,73 @@ def test_flush_closes_the_open_passage_for_shutdown() -> None:
     t.observe(read(A, 0.0))
     [closed] = t.flush(0.1)
     assert closed.close_cause == "shutdown"
+
+
+def beam(name: str, broken: bool, at: float) -> BeamChanged:
+    return BeamChanged(reader="io-1", beam=name, broken=broken, at_mono_s=at)
+
+
+def test_portal_waits_for_the_beams_to_clear_before_closing() -> None:
+    t = tracker()
+    t.observe(beam("A", True, 0.0))
+    assert t.open_passage_id == "p1"
+    t.observe(read(A, 0.2))
+    assert t.tick(5.0) == []  # stable long ago, but the pallet is still in the portal
+    [closed] = t.observe(beam("A", False, 5.5))
+    assert isinstance(closed, ClosedPassage)
+    assert closed.direction is Direction.IN
+    assert closed.direction_evidence == "beam A broke first"
+
+
+def test_an_empty_passage_is_still_decided() -> None:
+    t = tracker()
+    t.observe(beam("B", True, 0.0))
+    t.observe(beam("B", False, 0.4))
+    [closed] = t.tick(0.8)
+    assert isinstance(closed, ClosedPassage)
+    assert closed.tags == ()
+    assert closed.direction is Direction.OUT
+
+
+def test_barrier_decides_when_stable_and_a_pass_is_scanned_then_ends_on_clear() -> None:
+    t = tracker(barrier_mode=True, pass_wait_s=5.0)
+    t.observe(beam("A", True, 0.0))
+    t.observe(read(A, 0.1))
+    assert t.tick(2.0) == []  # stable, waiting for a pass
+    [closed] = t.observe(CodeScanned(reader="scan-1", value="HP4601202611250001", at_mono_s=2.5))
+    assert isinstance(closed, ClosedPassage)
+    assert closed.close_cause == "pass_scanned"
+    t.observe(beam("B", True, 3.0))
+    assert t.observe(beam("A", False, 4.0)) == []  # still in the lane
+    [ended] = t.observe(beam("B", False, 5.0))
+    assert ended == PassageEnded("p1", 5.0)
+
+
+def test_barrier_decides_without_a_pass_after_pass_wait() -> None:
+    t = tracker(barrier_mode=True, pass_wait_s=5.0)
+    t.observe(beam("A", True, 0.0))
+    t.observe(read(A, 0.1))
+    assert t.next_deadline() == 0.9
+    assert t.tick(5.89) == []
+    [closed] = t.tick(5.9)
+    assert isinstance(closed, ClosedPassage)
+    assert closed.close_cause == "pass_wait"
+
+
+def test_a_vehicle_that_backs_out_is_decided_as_it_stands() -> None:
+    t = tracker(barrier_mode=True, pass_wait_s=5.0)
+    t.observe(beam("A", True, 0.0))
+    t.observe(read(A, 0.1))
+    [closed] = t.observe(beam("A", False, 0.5))
+    assert isinstance(closed, ClosedPassage)
+    assert closed.close_cause == "backed_out"
+    assert closed.epcs == (A,)
+
+
+def test_a_beam_break_while_the_decided_vehicle_is_still_in_the_lane_opens_nothing() -> None:
+    t = tracker(barrier_mode=True, pass_wait_s=0.0)
+    t.observe(beam("A", True, 0.0))
+    t.observe(read(A, 0.1))
+    t.tick(1.0)
+    t.observe(beam("B", True, 1.5))
+    assert t.open_passage_id is None
