@@ -27,16 +27,18 @@ import structlog
 
 from edgegate import __version__
 from edgegate.config import Config, InspectionConfig
+from edgegate.control import GateControl
 from edgegate.devices.actions import GateDriver
 from edgegate.devices.factory import build_actuator, build_sessions
 from edgegate.gate.actions import ActionSettings, plan_for_decision, plan_for_passage_end
-from edgegate.gate.model import ClosedPassage, Direction, Observation, Verdict
+from edgegate.gate.model import ClosedPassage, Decision, Direction, Observation, Verdict
 from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerEvent, TrackerSettings
 from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
 from edgegate.ids import uuid7
+from edgegate.mqtt.commands import Authority, Commands
 from edgegate.mqtt.outbox import AsyncOutbox
 from edgegate.mqtt.payloads import WallClock, build_decision_event
-from edgegate.mqtt.publisher import Publisher, PublisherSettings
+from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.topics import Topics
 from edgegate.whitelist.facts import gather_facts
 from edgegate.whitelist.store import WhitelistStore
@@ -113,6 +115,7 @@ class Daemon:
         self._inspection = inspection_policy(config.inspection)
         self._gate = GateDriver(build_actuator(self._sessions))
         self._actions = ActionSettings(barrier_mode=config.gate.mode == "barrier")
+        self._control = GateControl(self._gate, self._actions)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -131,6 +134,13 @@ class Daemon:
 
     async def _run_parts(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
         config = self._config
+        commands = Commands(
+            Authority(config.commands.operator_keys, time.time),
+            self._control,
+            outbox,
+            self._topics,
+            time.time,
+        )
         publisher = Publisher(
             PublisherSettings(
                 host=config.mqtt.host,
@@ -144,6 +154,7 @@ class Daemon:
             outbox,
             version=__version__,
             whitelist_seq=lambda: store.state().seq,
+            subscriptions=[Subscription(self._topics.cmd, commands.on_message)],
         )
         sessions = self._sessions
         async with asyncio.TaskGroup() as outer:
@@ -194,17 +205,35 @@ class Daemon:
         self, event: TrackerEvent, outbox: AsyncOutbox, store: WhitelistStore
     ) -> None:
         if isinstance(event, PassageEnded):
+            self._control.ended(event.passage_id)
             self._gate.follow(plan_for_passage_end())
             return
-        verdict = await self._decide(event, outbox, store)
+        decision = await self._decide(event, outbox, store)
+        wait_s = self._config.commands.customs_wait_ms / 1000
+        if decision.verdict is Verdict.PASS and wait_s > 0:
+            # A pass waits for customs; a reject / manual disposition supersedes it with a
+            # CUSTOMS_HOLD decision (same passage, newer seq) before the barrier opens.
+            disposition = await self._control.wait_disposition(
+                event.passage_id, decision.pass_no, wait_s
+            )
+            if disposition in {"reject", "manual"}:
+                decision = await self._decide(event, outbox, store, disposition)
+        verdict = decision.verdict
+        self._control.decided(event.passage_id, verdict, decision.pass_no)
         # Only now, with the decision durable in the outbox, does the gate act (§10).
         self._gate.follow(plan_for_decision(verdict, self._actions))
 
     async def _decide(
-        self, passage: ClosedPassage, outbox: AsyncOutbox, store: WhitelistStore
-    ) -> Verdict:
+        self,
+        passage: ClosedPassage,
+        outbox: AsyncOutbox,
+        store: WhitelistStore,
+        disposition: str | None = None,
+    ) -> Decision:
         config = self._config
         facts = await asyncio.to_thread(gather_facts, store, passage)
+        pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
+        disposition = disposition or self._control.disposition(passage.passage_id, pass_no)
         state = store.state()
         now = datetime.now(UTC)
         stale = state.issued_at is None or (
@@ -218,6 +247,7 @@ class Daemon:
                 whitelist_stale=stale,
                 stale_policy_hold=config.whitelist.stale_policy == "hold",
                 barrier_mode=config.gate.mode == "barrier",
+                customs_disposition=disposition,
                 inspection=self._inspection,
             ),
         )
@@ -249,7 +279,7 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
-        return decision.verdict
+        return decision
 
 
 def install_signal_handlers(daemon: Daemon) -> None:

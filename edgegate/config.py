@@ -13,6 +13,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import tomllib
@@ -20,7 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "EDGEGATE_"
 DEFAULT_CONFIG_PATH = Path("/etc/edgegate/edgegate.toml")
@@ -96,6 +106,18 @@ class CommandsConfig(_Frozen):
     operator_keys: dict[str, str] = Field(default_factory=dict)
     customs_wait_ms: int = Field(default=0, ge=0)
 
+    @field_validator("operator_keys")
+    @classmethod
+    def _ed25519_keys(cls, keys: dict[str, str]) -> dict[str, str]:
+        for operator, key in keys.items():
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except binascii.Error:
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"{operator}: not the base64 of a raw 32-byte Ed25519 key")
+        return keys
+
 
 class HealthConfig(_Frozen):
     interval_s: float = Field(default=30, gt=0)
@@ -116,9 +138,16 @@ class R2000ReaderConfig(_ReaderBase):
     baudrate: int = 115200
     antennas: tuple[int, ...] = (1,)
     address: int = Field(default=0xFF, ge=0, le=0xFF)
+    # "89" real-time, "8b" session, "8a" fast-switch antenna inventory (PROTOCOLS.md §1).
+    # Default: "8b" when `session` is set (how 8B was chosen before this key), else "89".
+    inventory: Literal["89", "8b", "8a"] = "89"
     session: int | None = Field(default=None, ge=0, le=3)
     target: Literal["A", "B"] = "A"
     repeat: int = Field(default=1, ge=1, le=255)
+    stay: int = Field(default=1, ge=1, le=255)
+    switch_interval_ms: int = Field(default=0, ge=0, le=255)
+    rf_power_dbm: int | None = Field(default=None, ge=0, le=33)
+    antenna_fault: Literal["down", "degrade"] = "down"
     reply_timeout_s: float = Field(default=2.0, gt=0)
 
     @field_validator("antennas")
@@ -127,6 +156,28 @@ class R2000ReaderConfig(_ReaderBase):
         if not value or any(not 1 <= port <= 8 for port in value):
             raise ValueError("antennas must be 1-based ports between 1 and 8")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_inventory(cls, data: object) -> object:
+        if isinstance(data, dict) and "inventory" not in data and data.get("session") is not None:
+            return {**data, "inventory": "8b"}
+        if isinstance(data, dict) and isinstance(data.get("inventory"), str | int):
+            return {**data, "inventory": str(data["inventory"]).lower()}  # "8B", 89
+        return data
+
+    @model_validator(mode="after")
+    def _inventory_fits(self) -> R2000ReaderConfig:
+        if self.inventory == "8b" and self.session is None:
+            raise ValueError('inventory = "8b" needs session = 0-3')
+        if self.inventory != "8b" and self.session is not None:
+            raise ValueError(f'session applies only to inventory = "8b", not "{self.inventory}"')
+        # 8A names its antennas in four slots of 0-3 (§1); ports 5-8 need 74 + 89 / 8B.
+        if self.inventory == "8a" and (
+            len(self.antennas) > 4 or any(port > 4 for port in self.antennas)
+        ):
+            raise ValueError('inventory = "8a" reads at most 4 antennas, ports 1-4')
+        return self
 
 
 class ThingMagicReaderConfig(_ReaderBase):

@@ -52,6 +52,11 @@ class Topics:
         return f"{self.gate}/ack"
 
     @property
+    def audit(self) -> str:
+        """Accepted state-changing commands (release, customs) — an extension of §9."""
+        return f"{self.gate}/audit"
+
+    @property
     def whitelist(self) -> str:
         return f"{self.prefix}/{self.site}/whitelist"
 
