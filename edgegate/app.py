@@ -17,35 +17,57 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
 from edgegate import __version__
-from edgegate.config import Config, InspectionConfig
+from edgegate.config import Config, ConfigError, InspectionConfig, load_config
 from edgegate.control import GateControl
 from edgegate.devices.actions import GateDriver
-from edgegate.devices.factory import build_actuator, build_sessions
+from edgegate.devices.factory import UnsupportedDeviceError, build_actuator, build_sessions
 from edgegate.gate.actions import ActionSettings, plan_for_decision, plan_for_passage_end
-from edgegate.gate.model import ClosedPassage, Decision, Direction, Observation, Verdict
+from edgegate.gate.model import (
+    ClosedPassage,
+    Decision,
+    Direction,
+    Observation,
+    ReaderDown,
+    Verdict,
+)
 from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerEvent, TrackerSettings
 from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
+from edgegate.history import DepartureHistory
 from edgegate.ids import uuid7
+from edgegate.lifecycle import (
+    READY_WAIT_S,
+    HealthProbe,
+    ReaderStartup,
+    ReloadHook,
+    plan_reload,
+    run_watchdog,
+    status_line,
+)
+from edgegate.logs import configure_logging
+from edgegate.mqtt.alarms import AlarmKind, Alarms
 from edgegate.mqtt.commands import Authority, Commands
 from edgegate.mqtt.outbox import AsyncOutbox
 from edgegate.mqtt.payloads import WallClock, build_decision_event
 from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.topics import Topics
+from edgegate.systemd import Notifier, credential
 from edgegate.whitelist.facts import gather_facts
 from edgegate.whitelist.store import WhitelistStore
 
 log = structlog.get_logger(__name__)
 
 DECISION_COUNTER = "decision"
+# How often the STATUS= line shown by `systemctl status` is refreshed.
+STATUS_INTERVAL_S = 10.0
 
 
 def tracker_settings(config: Config) -> TrackerSettings:
@@ -71,7 +93,7 @@ def inspection_policy(config: InspectionConfig) -> InspectionPolicy | None:
     """
     if not config.enabled:
         return None
-    seed_path = config.seed_file or _credential("inspection-seed")
+    seed_path = config.seed_file or credential("inspection-seed")
     if not seed_path:
         log.warning("inspection.disabled_no_seed", seed_id=config.seed_id)
         return None
@@ -80,18 +102,14 @@ def inspection_policy(config: InspectionConfig) -> InspectionPolicy | None:
     return InspectionPolicy(enabled=True, seed=seed, seed_id=config.seed_id, rates=config.rates)
 
 
-def _credential(name: str) -> str:
-    directory = os.environ.get("CREDENTIALS_DIRECTORY", "")
-    path = os.path.join(directory, name) if directory else ""
-    return path if path and os.path.exists(path) else ""
-
-
 def read_password(config: Config) -> str | None:
-    """The MQTT password from ``mqtt.password`` or ``mqtt.password_file`` (never logged)."""
+    """The MQTT password (never logged): ``mqtt.password``, else the file named by
+    ``mqtt.password_file``, else the systemd credential ``mqtt-password``."""
     if config.mqtt.password is not None:
         return config.mqtt.password.get_secret_value()
-    if config.mqtt.password_file:
-        with open(config.mqtt.password_file, encoding="utf-8") as handle:
+    password_file = config.mqtt.password_file or credential("mqtt-password")
+    if password_file:
+        with open(password_file, encoding="utf-8") as handle:
             return handle.read().strip()
     return None
 
@@ -101,17 +119,26 @@ class Daemon:
         self,
         config: Config,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._config = config
+        self._config_path = config_path
+        self._notifier = notifier or Notifier()
         self._clock = clock
         self._topics = Topics(config.mqtt.topic_prefix, config.gate.site, config.gate.gate_id)
-        self._observations: asyncio.Queue[Observation] = asyncio.Queue()
+        # None closes intake (shutdown): the tracker decides everything queued before it.
+        self._observations: asyncio.Queue[Observation | None] = asyncio.Queue()
+        self._startup = ReaderStartup(reader.name for reader in config.readers)
+        self._reload_requested = asyncio.Event()
+        self._reload_hooks: list[ReloadHook] = []
         self._tracker = PassageTracker(tracker_settings(config), new_id=uuid7)
         self._stop = asyncio.Event()
         self.ready = asyncio.Event()
         # Built here, not in run(): a config naming a device we cannot drive is refused
         # before anything starts.
-        self._sessions = build_sessions(config.readers, self._observations.put_nowait)
+        self._sessions = build_sessions(config.readers, self._emit)
         self._inspection = inspection_policy(config.inspection)
         self._gate = GateDriver(build_actuator(self._sessions))
         self._actions = ActionSettings(barrier_mode=config.gate.mode == "barrier")
@@ -120,17 +147,38 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file and apply what can change while running."""
+        self._reload_requested.set()
+
+    def on_reload(self, hook: ReloadHook) -> None:
+        """Have ``hook`` receive the effective config after every successful reload.
+
+        The extension point for parts that apply their settings live (new whitelist trusted
+        keys, a new log level). Hooks run in registration order on the event loop; one that
+        raises is logged and the others still run.
+        """
+        self._reload_hooks.append(hook)
+
+    def _emit(self, observation: Observation) -> None:
+        self._startup.observe(observation)
+        self._observations.put_nowait(observation)
+
     async def run(self) -> None:
         config = self._config
         state_dir = config.storage.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._notifier.status("starting: opening the outbox and the whitelist")
         outbox = await AsyncOutbox.open(state_dir / "outbox.db")
         store = await asyncio.to_thread(WhitelistStore.open, state_dir)
+        self._history = await asyncio.to_thread(DepartureHistory.open, state_dir)
+        self._alarms = Alarms(outbox, self._topics)
         try:
             await self._run_parts(outbox, store)
         finally:
             await outbox.close()
             store.close()
+            self._history.close()
 
     async def _run_parts(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
         config = self._config
@@ -156,37 +204,132 @@ class Daemon:
             whitelist_seq=lambda: store.state().seq,
             subscriptions=[Subscription(self._topics.cmd, commands.on_message)],
         )
-        sessions = self._sessions
         async with asyncio.TaskGroup() as outer:
             publisher_task = outer.create_task(publisher.run(), name="publisher")
             gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
+            watchdog_task = self._start_watchdog(outer, outbox)
             async with asyncio.TaskGroup() as intake:
-                tasks = [
-                    intake.create_task(session.run(), name=f"reader-{session.name}")
-                    for session in sessions
+                readers = {
+                    session.name: intake.create_task(session.run(), name=f"reader-{session.name}")
+                    for session in self._sessions
+                }
+                intake.create_task(self._track(outbox, store), name="passage-tracker")
+                control = [
+                    intake.create_task(self._report_status(outbox, store), name="service-status"),
+                    intake.create_task(
+                        self._reload_on_request(intake, readers, outbox, store), name="reloader"
+                    ),
                 ]
-                tracker_task = intake.create_task(
-                    self._track(outbox, store), name="passage-tracker"
-                )
-                log.info(
-                    "daemon.ready",
-                    readers=[session.name for session in sessions],
-                    state_dir=str(config.storage.state_dir),
-                )
-                self.ready.set()
                 await self._stop.wait()
                 log.info("daemon.stopping")
-                for task in [*tasks, tracker_task]:
+                self._notifier.stopping("stopping: deciding what the readers delivered")
+                for task in control:
                     task.cancel()
-            # Intake has stopped: decide what is still open so that no passage is lost.
-            for event in self._tracker.flush(self._clock()):
-                await self._on_tracker_event(event, outbox, store)
+                # Intake stops at the readers. What they delivered is still decided: the
+                # tracker drains the queue up to the None, then closes the open passage.
+                await _cancel_all(readers.values())
+                self._observations.put_nowait(None)
+            self._notifier.status("stopping: publishing the outbox")
             publisher.shutdown()
             await publisher_task
             gate_task.cancel()
+            if watchdog_task is not None:
+                watchdog_task.cancel()
         log.info("daemon.stopped")
 
+    def _start_watchdog(
+        self, group: asyncio.TaskGroup, outbox: AsyncOutbox
+    ) -> asyncio.Task[None] | None:
+        """The WATCHDOG=1 task, when systemd asked for one (``WatchdogSec=``)."""
+        interval_s = self._notifier.watchdog_interval_s
+        if interval_s is None:
+            return None
+        probes = [HealthProbe("outbox", outbox.probe)]
+        return group.create_task(run_watchdog(self._notifier, interval_s, probes), name="watchdog")
+
+    async def _report_status(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
+        """READY=1 once every reader made its first attempt (bounded), then STATUS= updates."""
+        silent = await self._startup.wait(READY_WAIT_S)
+        if silent:
+            log.warning("daemon.readers_silent", readers=sorted(silent), waited_s=READY_WAIT_S)
+        log.info(
+            "daemon.ready",
+            readers=[session.name for session in self._sessions],
+            state_dir=str(self._config.storage.state_dir),
+        )
+        self.ready.set()
+        self._notifier.ready(await self._status("ready", outbox, store))
+        while self._notifier.enabled:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            self._notifier.status(await self._status("ready", outbox, store))
+
+    async def _status(self, phase: str, outbox: AsyncOutbox, store: WhitelistStore) -> str:
+        stats = await outbox.stats()
+        up = sum(session.stats.connected for session in self._sessions)
+        return status_line(phase, up, len(self._sessions), store.state().seq, stats.depth)
+
+    async def _reload_on_request(
+        self,
+        intake: asyncio.TaskGroup,
+        readers: dict[str, asyncio.Task[None]],
+        outbox: AsyncOutbox,
+        store: WhitelistStore,
+    ) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            await self._reload(intake, readers)
+            self._notifier.ready(await self._status("ready", outbox, store))
+
+    async def _reload(
+        self, intake: asyncio.TaskGroup, readers: dict[str, asyncio.Task[None]]
+    ) -> None:
+        """Apply the config file again; on any error keep running on the old config.
+
+        Only the device sessions whose settings changed are restarted; the passage tracker
+        (and the passage it has open) and the outbox are untouched.
+        """
+        path = self._config_path
+        if path is None:
+            log.warning("config.reload_unavailable", reason="not started from a config file")
+            return
+        self._notifier.reloading(f"reloading {path}")
+        try:
+            plan = plan_reload(self._config, await asyncio.to_thread(load_config, path))
+            started = build_sessions(plan.readers_to_start, self._emit)
+        except (ConfigError, UnsupportedDeviceError) as exc:
+            log.error("config.reload_failed", error=str(exc))
+            return
+        # A changed reader's port must be released before its new session opens it.
+        await _cancel_all([readers.pop(name) for name in plan.readers_to_stop])
+        remaining = {reader.name for reader in plan.config.readers}
+        for name in plan.readers_to_stop:
+            if name not in remaining:
+                self._tracker.forget_reader(name)
+        sessions = {session.name: session for session in self._sessions}
+        sessions.update((session.name, session) for session in started)
+        # In place: whoever holds the list (health reporting) sees the new sessions.
+        self._sessions[:] = [sessions[reader.name] for reader in plan.config.readers]
+        self._gate.use(build_actuator(self._sessions))
+        self._config = plan.config
+        for session in started:
+            readers[session.name] = intake.create_task(session.run(), name=f"reader-{session.name}")
+        for hook in self._reload_hooks:
+            try:
+                await hook(plan.config)
+            except Exception as exc:
+                log.error("config.reload_hook_failed", error=f"{type(exc).__name__}: {exc}")
+        log.info(
+            "config.reloaded",
+            path=str(path),
+            readers_stopped=list(plan.readers_to_stop),
+            readers_started=[session.name for session in started],
+        )
+        if plan.restart_needed:
+            log.warning("config.restart_needed", sections=list(plan.restart_needed))
+
     async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
+        """Feed the tracker until intake closes (None), then decide what is still open."""
         tracker = self._tracker
         while True:
             deadline = tracker.next_deadline()
@@ -197,9 +340,22 @@ class Daemon:
             except TimeoutError:
                 events = tracker.tick(self._clock())
             else:
-                events = tracker.observe(observation)
+                if observation is None:
+                    break
+                events = tracker.observe(observation) if self._configured(observation) else []
             for event in events:
                 await self._on_tracker_event(event, outbox, store)
+        now = self._clock()
+        for event in [*tracker.tick(now), *tracker.flush(now)]:
+            await self._on_tracker_event(event, outbox, store)
+
+    def _configured(self, observation: Observation) -> bool:
+        """False for the ReaderDown of a reader that a reload removed: queued before its
+        session stopped, it would otherwise mark a reader that no longer exists down for
+        good, and hold every passage with READER_FAULT."""
+        return not isinstance(observation, ReaderDown) or any(
+            reader.name == observation.reader for reader in self._config.readers
+        )
 
     async def _on_tracker_event(
         self, event: TrackerEvent, outbox: AsyncOutbox, store: WhitelistStore
@@ -231,7 +387,8 @@ class Daemon:
         disposition: str | None = None,
     ) -> Decision:
         config = self._config
-        facts = await asyncio.to_thread(gather_facts, store, passage)
+        departed = await asyncio.to_thread(self._history.departed_among, passage.epcs)
+        facts = await asyncio.to_thread(gather_facts, store, passage, departed)
         pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
         disposition = disposition or self._control.disposition(passage.passage_id, pass_no)
         state = store.state()
@@ -279,17 +436,52 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
+        await self._after_commit(passage, decision)
         return decision
+
+    async def _after_commit(self, passage: ClosedPassage, decision: Decision) -> None:
+        """Bookkeeping that follows a durable decision: departures and overdue alarms."""
+        if decision.verdict is Verdict.PASS and passage.direction is not Direction.UNKNOWN:
+            goods = [epc for epc, record in decision.items.items() if record is not None]
+            outbound = passage.direction is Direction.OUT
+            await asyncio.to_thread(self._history.record, outbound=outbound, epcs=goods)
+        if decision.overdue_epcs:
+            count = len(decision.overdue_epcs)
+            await self._alarms.raise_alarm(
+                AlarmKind.DECLARATION_OVERDUE,
+                "warning",
+                f"{count} item(s) past declare_by in passage {passage.passage_id}: "
+                + ", ".join(decision.overdue_epcs[:10])
+                + (" …" if count > 10 else ""),
+            )
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
 
 
-async def serve(config: Config) -> None:
-    """``edgegate run``: the daemon until SIGTERM / SIGINT."""
-    daemon = Daemon(config)
+async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has finished (links closed)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+
+
+async def _apply_log_level(config: Config) -> None:
+    configure_logging(config.log.level)
+
+
+async def serve(config: Config, config_path: Path | None = None) -> None:
+    """``edgegate run``: the daemon until SIGTERM / SIGINT; SIGHUP reloads ``config_path``."""
+    notifier = Notifier.from_environ()
+    if notifier.unsupported:
+        log.warning("systemd.notify_unsupported", notify_socket=notifier.unsupported)
+    daemon = Daemon(config, config_path=config_path, notifier=notifier)
+    daemon.on_reload(_apply_log_level)
     install_signal_handlers(daemon)
     await daemon.run()

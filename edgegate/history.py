@@ -1,0 +1,77 @@
+"""The gate's own memory of what has left through it (DESIGN.md §8, CLONED_TAG).
+
+Owns ``history.db`` in the state directory: the EPCs that passed OUT through this gate and
+have not come back IN. An EPC in it that appears going out again is a clone of a tag that
+is already outside. SQLite (WAL) so that it survives restarts; used from one worker thread.
+
+Invariants: only a ``pass`` changes the history (a held item did not leave); OUT adds the
+passage's item EPCs, IN removes them; the table is bounded by ``max_rows`` (oldest first).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Self
+
+_CHUNK = 500
+
+
+class DepartureHistory:
+    def __init__(self, db: sqlite3.Connection, max_rows: int) -> None:
+        self._db = db
+        self._max_rows = max_rows
+
+    @classmethod
+    def open(cls, state_dir: Path, max_rows: int = 5_000_000) -> Self:
+        db = sqlite3.connect(
+            state_dir / "history.db", isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS departed (epc TEXT PRIMARY KEY, at REAL NOT NULL)"
+            " WITHOUT ROWID"
+        )
+        db.execute("CREATE INDEX IF NOT EXISTS departed_at ON departed(at)")
+        return cls(db, max_rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def departed_among(self, epcs: Iterable[str]) -> frozenset[str]:
+        wanted = list(dict.fromkeys(epcs))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT epc FROM departed WHERE epc IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return frozenset(found)
+
+    def record(self, *, outbound: bool, epcs: Iterable[str]) -> None:
+        rows = [(epc,) for epc in epcs]
+        if not rows:
+            return
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if outbound:
+                now = time.time()
+                db.executemany(
+                    "INSERT OR REPLACE INTO departed(epc, at) VALUES (?, ?)",
+                    [(epc, now) for (epc,) in rows],
+                )
+                db.execute(
+                    "DELETE FROM departed WHERE epc IN (SELECT epc FROM departed"
+                    " ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                    (self._max_rows,),
+                )
+            else:
+                db.executemany("DELETE FROM departed WHERE epc = ?", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")

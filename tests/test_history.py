@@ -1,0 +1,33 @@
+"""The departure history behind CLONED_TAG (real SQLite file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgegate.history import DepartureHistory
+
+A, B, C = "3074257BF7194E4000001A85", "3074257BF7194E4000001A86", "3074257BF7194E4000001A87"
+
+
+def test_goods_that_left_are_remembered_until_they_come_back_in(tmp_path: Path) -> None:
+    history = DepartureHistory.open(tmp_path)
+    history.record(outbound=True, epcs=[A, B])
+    assert history.departed_among([A, B, C]) == {A, B}
+    history.record(outbound=False, epcs=[A])
+    assert history.departed_among([A, B, C]) == {B}
+    history.close()
+    assert DepartureHistory.open(tmp_path).departed_among([A, B]) == {B}
+
+
+def test_the_history_is_bounded_keeping_the_newest(tmp_path: Path) -> None:
+    history = DepartureHistory.open(tmp_path, max_rows=2)
+    for epc in (A, B, C):
+        history.record(outbound=True, epcs=[epc])
+    assert history.departed_among([A, B, C]) == {B, C}
+
+
+def test_lookups_work_past_the_sqlite_parameter_chunk(tmp_path: Path) -> None:
+    history = DepartureHistory.open(tmp_path)
+    epcs = [f"{n:024X}" for n in range(1200)]
+    history.record(outbound=True, epcs=epcs[::2])
+    assert history.departed_among(epcs) == frozenset(epcs[::2])
