@@ -31,6 +31,10 @@ class GateDriver:
     def follow(self, plan: Plan) -> None:
         self._plans.put_nowait(plan)
 
+    def use(self, actuator: Actuator | None) -> None:
+        """Drive ``actuator`` from the next step on (its reader was reloaded)."""
+        self._actuator = actuator
+
     async def run(self) -> None:
         plan: Plan | None = None
         while True:

@@ -200,6 +200,11 @@ class PassageTracker:
         """Close the open passage now (shutdown: its decision must not be lost)."""
         return [self._close(now_mono_s, "shutdown")] if self._open is not None else []
 
+    def forget_reader(self, reader: str) -> None:
+        """A reader left the configuration: it can no longer be down. An open passage keeps
+        it in ``readers_down`` if it was down meanwhile — those reads stay untrusted."""
+        self._down.discard(reader)
+
     def _on_beam(self, change: BeamChanged) -> list[TrackerEvent]:
         was_clear = self.beams_clear
         if change.broken:
