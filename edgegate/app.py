@@ -41,6 +41,7 @@ from edgegate.gate.model import (
 )
 from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerEvent, TrackerSettings
 from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
+from edgegate.health import DecisionTally, Health, HealthSettings, HealthSources
 from edgegate.history import DepartureHistory
 from edgegate.ids import uuid7
 from edgegate.lifecycle import (
@@ -53,19 +54,28 @@ from edgegate.lifecycle import (
     status_line,
 )
 from edgegate.logs import configure_logging
-from edgegate.mqtt.alarms import AlarmKind, Alarms
-from edgegate.mqtt.commands import Authority, Commands
-from edgegate.mqtt.outbox import AsyncOutbox
+from edgegate.mqtt.alarms import AlarmKind, Alarms, ReaderAlarms, overflow_alarm
+from edgegate.mqtt.commands import Authority, CommandError, Commands
+from edgegate.mqtt.epcis import EpcisSettings, build_epcis_document, utc_offset
+from edgegate.mqtt.outbox import AsyncOutbox, NewEvent, OutboxLimits
 from edgegate.mqtt.payloads import WallClock, build_decision_event
 from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
+from edgegate.mqtt.reads import ReadsTap
+from edgegate.mqtt.security import mqtt_password, tls_context
 from edgegate.mqtt.topics import Topics
+from edgegate.mqtt.whitelist_link import WhitelistLink
 from edgegate.systemd import Notifier, credential
 from edgegate.whitelist.facts import gather_facts
+from edgegate.whitelist.freshness import freshness
 from edgegate.whitelist.store import WhitelistStore
+from edgegate.whitelist.sync import SyncSettings, WhitelistSync
 
 log = structlog.get_logger(__name__)
 
 DECISION_COUNTER = "decision"
+EPCIS_COUNTER = "epcis"
+# How often rows past outbox.max_age_s are looked for while nothing is appended.
+OUTBOX_EXPIRY_CHECK_S = 60.0
 # How often the STATUS= line shown by `systemctl status` is refreshed.
 STATUS_INTERVAL_S = 10.0
 
@@ -103,15 +113,8 @@ def inspection_policy(config: InspectionConfig) -> InspectionPolicy | None:
 
 
 def read_password(config: Config) -> str | None:
-    """The MQTT password (never logged): ``mqtt.password``, else the file named by
-    ``mqtt.password_file``, else the systemd credential ``mqtt-password``."""
-    if config.mqtt.password is not None:
-        return config.mqtt.password.get_secret_value()
-    password_file = config.mqtt.password_file or credential("mqtt-password")
-    if password_file:
-        with open(password_file, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return None
+    """The MQTT password (never logged): see :func:`edgegate.mqtt.security.mqtt_password`."""
+    return mqtt_password(config.mqtt)
 
 
 class Daemon:
@@ -142,7 +145,27 @@ class Daemon:
         self._inspection = inspection_policy(config.inspection)
         self._gate = GateDriver(build_actuator(self._sessions))
         self._actions = ActionSettings(barrier_mode=config.gate.mode == "barrier")
-        self._control = GateControl(self._gate, self._actions)
+        self._sync: WhitelistSync | None = None  # set once the stores are open
+        self._control = GateControl(self._gate, self._actions, self._resync_whitelist)
+        # Secrets and key material are read once, before anything starts: a missing file is
+        # a one-line config error (edgegate.mqtt.security), never a failure later on.
+        self._mqtt_password = mqtt_password(config.mqtt)
+        self._tls = tls_context(config.mqtt)
+        self._epcis = (
+            EpcisSettings(config.outputs.read_point, config.outputs.biz_location or None)
+            if config.outputs.epcis
+            else None
+        )
+        self._tally = DecisionTally()
+        # Observers of every observation besides the tracker (reader alarms, G/reads);
+        # installed by _run_parts before any session runs.
+        self._taps: list[Callable[[Observation], None]] = []
+
+    async def _resync_whitelist(self) -> dict[str, object]:
+        """The ``resync`` command (§9): ask the back office for what this gate is missing."""
+        if self._sync is None:
+            raise CommandError("the whitelist sync has not started yet")
+        return await self._sync.resync_now()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -163,13 +186,19 @@ class Daemon:
     def _emit(self, observation: Observation) -> None:
         self._startup.observe(observation)
         self._observations.put_nowait(observation)
+        for tap in self._taps:
+            tap(observation)
 
     async def run(self) -> None:
         config = self._config
         state_dir = config.storage.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.status("starting: opening the outbox and the whitelist")
-        outbox = await AsyncOutbox.open(state_dir / "outbox.db")
+        outbox = await AsyncOutbox.open(
+            state_dir / "outbox.db",
+            limits=OutboxLimits(config.outbox.max_rows, config.outbox.max_age_s),
+            overflow_event=overflow_alarm(self._topics),
+        )
         store = await asyncio.to_thread(WhitelistStore.open, state_dir)
         self._history = await asyncio.to_thread(DepartureHistory.open, state_dir)
         self._alarms = Alarms(outbox, self._topics)
@@ -182,6 +211,19 @@ class Daemon:
 
     async def _run_parts(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
         config = self._config
+        link = WhitelistLink(self._alarms, outbox, self._topics)
+        sync = WhitelistSync(
+            store,
+            SyncSettings(
+                site=config.gate.site,
+                trusted_keys=config.whitelist.trusted_keys,
+                max_bundle_bytes=config.whitelist.max_bundle_mib * 1024 * 1024,
+            ),
+            alarm=link,
+            resync=link,
+        )
+        self._sync = sync
+        self.on_reload(lambda new: sync.use_trusted_keys(new.whitelist.trusted_keys))
         commands = Commands(
             Authority(config.commands.operator_keys, time.time),
             self._control,
@@ -196,17 +238,27 @@ class Daemon:
                 client_id=config.client_id,
                 keepalive_s=config.mqtt.keepalive_s,
                 username=config.mqtt.username or None,
-                password=read_password(config),
+                password=self._mqtt_password,
+                tls_context=self._tls,
+                window=config.outbox.window,
+                ack=config.mqtt.ack,
+                ack_timeout_s=config.outbox.ack_timeout_s,
+                replay_rate_per_s=config.outbox.replay_rate_per_s,
             ),
             self._topics,
             outbox,
             version=__version__,
             whitelist_seq=lambda: store.state().seq,
-            subscriptions=[Subscription(self._topics.cmd, commands.on_message)],
+            subscriptions=[
+                Subscription(self._topics.cmd, commands.on_message),
+                Subscription(self._topics.whitelist, sync.on_message),
+            ],
         )
         async with asyncio.TaskGroup() as outer:
             publisher_task = outer.create_task(publisher.run(), name="publisher")
             gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
+            sync_task = outer.create_task(sync.run(), name="whitelist-sync")
+            upkeep = self._start_upkeep(outer, outbox, store, publisher)
             watchdog_task = self._start_watchdog(outer, outbox)
             async with asyncio.TaskGroup() as intake:
                 readers = {
@@ -233,9 +285,52 @@ class Daemon:
             publisher.shutdown()
             await publisher_task
             gate_task.cancel()
+            sync_task.cancel()
+            for task in upkeep:
+                task.cancel()
             if watchdog_task is not None:
                 watchdog_task.cancel()
         log.info("daemon.stopped")
+
+    def _start_upkeep(
+        self,
+        group: asyncio.TaskGroup,
+        outbox: AsyncOutbox,
+        store: WhitelistStore,
+        publisher: Publisher,
+    ) -> list[asyncio.Task[None]]:
+        """Health heartbeats, reader alarms, G/reads and outbox expiry, for the whole run."""
+        config = self._config
+        health = Health(
+            HealthSettings(
+                interval_s=config.health.interval_s,
+                whitelist_max_age_s=config.whitelist.max_age_s,
+                outbox_high_water=config.outbox.high_water,
+            ),
+            self._topics,
+            __version__,
+            HealthSources(
+                # The live list: a reload replaces its sessions in place.
+                readers=self._sessions,
+                outbox=outbox,
+                whitelist=store.state,
+                tally=self._tally,
+                mqtt=publisher,
+                alarms=self._alarms,
+            ),
+        )
+        reader_alarms = ReaderAlarms(self._alarms)
+        self._taps.append(reader_alarms.offer)
+        tasks = [
+            group.create_task(health.run(), name="health"),
+            group.create_task(reader_alarms.run(), name="reader-alarms"),
+            group.create_task(outbox.run_expiry(OUTBOX_EXPIRY_CHECK_S), name="outbox-expiry"),
+        ]
+        if config.outputs.reads:
+            reads = ReadsTap(publisher, self._topics)
+            self._taps.append(reads.offer)
+            tasks.append(group.create_task(reads.run(), name="reads"))
+        return tasks
 
     def _start_watchdog(
         self, group: asyncio.TaskGroup, outbox: AsyncOutbox
@@ -391,11 +486,9 @@ class Daemon:
         facts = await asyncio.to_thread(gather_facts, store, passage, departed)
         pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
         disposition = disposition or self._control.disposition(passage.passage_id, pass_no)
-        state = store.state()
+        state = await asyncio.to_thread(store.state)
         now = datetime.now(UTC)
-        stale = state.issued_at is None or (
-            (now - state.issued_at).total_seconds() > config.whitelist.max_age_s
-        )
+        stale = freshness(state.issued_at, now, config.whitelist.max_age_s).stale
         decision = decide(
             passage,
             facts,
@@ -424,9 +517,24 @@ class Daemon:
                 whitelist_seq=state.seq,
             ).to_bytes()
 
-        seq = await outbox.append(
-            self._topics.decision, event_id, payload, counter=DECISION_COUNTER
-        )
+        events = [NewEvent(self._topics.decision, event_id, payload, DECISION_COUNTER)]
+        if self._epcis is not None:
+            document = build_epcis_document(
+                passage=passage,
+                decision=decision,
+                decision_event_id=event_id,
+                wall_of=wall_of,
+                created_at_s=now.timestamp(),
+                tz_offset=utc_offset(now.astimezone()),
+                settings=self._epcis,
+            )
+            epcis = document.to_bytes()
+            events.append(
+                NewEvent(self._topics.epcis, document.event_id, lambda _: epcis, EPCIS_COUNTER)
+            )
+        # One transaction: the EPCIS event exists exactly when its decision does.
+        seq = (await outbox.append_all(events)).seqs[0]
+        self._tally.count(passed=decision.verdict is Verdict.PASS)
         log.info(
             "passage.decided",
             passage_id=passage.passage_id,

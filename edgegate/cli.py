@@ -30,10 +30,13 @@ class UserError(Exception):
         self.code = code
 
 
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config else default_config_path()
+
+
 def _config(args: argparse.Namespace) -> Config:
-    path = Path(args.config) if args.config else default_config_path()
     try:
-        return load_config(path)
+        return load_config(_config_path(args))
     except ConfigError as exc:
         raise UserError(str(exc), EXIT_USAGE) from None
 
@@ -46,8 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     configure_logging(config.log.level)
     try:
-        asyncio.run(serve(config))
-    except UnsupportedDeviceError as exc:
+        asyncio.run(serve(config, _config_path(args)))
+    except (UnsupportedDeviceError, ConfigError) as exc:
+        # ConfigError here: a file the config names (password, TLS keys) is unusable.
         raise UserError(str(exc), EXIT_USAGE) from None
     return 0
 
@@ -59,6 +63,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         raise UserError(str(exc), EXIT_USAGE) from None
     print(render_effective(config))
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from edgegate.watch import run_watch
+
+    try:
+        return run_watch(_config(args), duration_s=args.duration)
+    except ConfigError as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -105,14 +118,24 @@ def cmd_whitelist_import(args: argparse.Namespace) -> int:
     from edgegate.whitelist import admin
 
     config = _config(args)
+    show_progress = args.progress or (args.progress is None and sys.stderr.isatty())
     print(
         admin.import_bundle(
             Path(args.bundle),
             admin.keys_from_config(config.whitelist),
             site=config.gate.site,
             state_dir=config.storage.state_dir,
+            progress=admin.TerminalProgress(sys.stderr) if show_progress else None,
         )
     )
+    return 0
+
+
+def cmd_whitelist_stats(args: argparse.Namespace) -> int:
+    from edgegate.whitelist import admin
+
+    config = _config(args)
+    print(admin.stats(config.whitelist, config.storage.state_dir))
     return 0
 
 
@@ -146,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", cmd_run, "run the daemon")
     run.add_argument("--config", help=config_help)
+
+    watch = command(
+        "watch", cmd_watch, "live terminal view of a gate: decisions, holds, readers, outbox"
+    )
+    watch.add_argument("--config", help=config_help)
+    watch.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds (default: until Ctrl-C)",
+    )
 
     check = command(
         "check-config",
@@ -186,10 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp = command("import", cmd_whitelist_import, "verify a bundle and apply it to the store", wl)
     imp.add_argument("bundle")
     imp.add_argument("--config", help=config_help)
+    imp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: when stderr is a terminal)",
+    )
 
     show = command("show", cmd_whitelist_show, "print the item record the gate would use", wl)
     show.add_argument("epc")
     show.add_argument("--config", help=config_help)
+
+    stats = command(
+        "stats",
+        cmd_whitelist_stats,
+        "seq, issued_at, age, and counts per record type and item status",
+        wl,
+    )
+    stats.add_argument("--config", help=config_help)
     return parser
 
 

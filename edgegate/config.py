@@ -77,6 +77,21 @@ class WhitelistConfig(_Frozen):
     trusted_keys: tuple[str, ...] = ()
     max_age_s: int = Field(default=86400, gt=0)
     stale_policy: Literal["hold", "pass"] = "hold"
+    # Bundles from MQTT are held in memory: larger ones (raw or inflated) are rejected as
+    # oversized. Bigger snapshots go through `edgegate whitelist import`, which maps files.
+    max_bundle_mib: int = Field(default=64, gt=0, le=256)
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _ed25519_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            try:
+                raw = base64.b64decode(key.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError(f"{key[:12]!r}... is not the base64 of a raw 32-byte Ed25519 key")
+        return keys
 
 
 class PassageConfig(_Frozen):
@@ -121,6 +136,32 @@ class CommandsConfig(_Frozen):
 
 class HealthConfig(_Frozen):
     interval_s: float = Field(default=30, gt=0)
+
+
+class OutboxConfig(_Frozen):
+    """The durable outbox's bounds and how its backlog is published (DESIGN.md §10)."""
+
+    max_rows: int = Field(default=200_000, ge=100)
+    max_age_s: float = Field(default=30 * 86400, gt=0)
+    high_water: int = Field(default=10_000, ge=1)
+    replay_rate_per_s: float = Field(default=500, ge=0)
+    window: int = Field(default=64, ge=1, le=1024)
+    ack_timeout_s: float = Field(default=60, gt=0)
+
+
+class OutputsConfig(_Frozen):
+    """Optional publications: raw reads (debugging) and EPCIS 2.0 events per passage."""
+
+    reads: bool = False
+    epcis: bool = False
+    read_point: str = ""
+    biz_location: str = ""
+
+    @model_validator(mode="after")
+    def _epcis_needs_a_read_point(self) -> OutputsConfig:
+        if self.epcis and not self.read_point:
+            raise ValueError("epcis = true needs read_point (e.g. an SGLN URI for this gate)")
+        return self
 
 
 class LogConfig(_Frozen):
@@ -184,6 +225,31 @@ class ThingMagicReaderConfig(_ReaderBase):
     kind: Literal["thingmagic"]
     baudrate: int = 115200
     antennas: tuple[int, ...] = (1,)
+    region: int | None = Field(default=None, ge=1, le=0xFF)  # None: keep the module's
+    read_power_cdbm: int | None = Field(default=None, ge=0, le=0xFFFF)  # None: keep
+    on_time_ms: int = Field(default=1000, ge=1, le=0xFFFF)
+    read_tid: bool = False
+    tid_words: int = Field(default=6, ge=1, le=32)
+    reply_timeout_s: float = Field(default=2.0, gt=0)
+    keepalive_timeout_s: float = Field(default=3.0, gt=0)
+
+    @field_validator("antennas")
+    @classmethod
+    def _ports(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        # The antenna byte of a tag record holds a port per nibble (PROTOCOLS.md §2).
+        if not value or any(not 1 <= port <= 15 for port in value):
+            raise ValueError("antennas must be 1-based ports between 1 and 15")
+        return value
+
+    @model_validator(mode="after")
+    def _keepalive_outlasts_a_search_cycle(self) -> ThingMagicReaderConfig:
+        # An idle module speaks once per search cycle (a 0400 keep-alive, §2).
+        if self.keepalive_timeout_s * 1000 <= self.on_time_ms:
+            raise ValueError(
+                f"keepalive_timeout_s ({self.keepalive_timeout_s}) must exceed one search"
+                f" cycle, on_time_ms = {self.on_time_ms}"
+            )
+        return self
 
 
 class ScannerReaderConfig(_ReaderBase):
@@ -192,21 +258,74 @@ class ScannerReaderConfig(_ReaderBase):
     suffix: Literal["\r", "\r\n", "\n"] = "\r"
 
 
+_MODBUS_ADDRESS = Field(ge=0, le=0xFFFF)
+
+
 class GateIoReaderConfig(_ReaderBase):
     kind: Literal["gate-io"]
     baudrate: int = 9600
-    unit: int = Field(default=1, ge=0, le=247)
+    # Unit 0 is the Modbus broadcast address, which no device answers: it cannot be polled.
+    unit: int = Field(default=1, ge=1, le=247)
     poll_ms: int = Field(default=50, gt=0)
-    beam_a: int = 0
-    beam_b: int = 1
-    barrier: int = 0
-    green: int = 1
-    red: int = 2
-    buzzer: int = 3
+    reply_timeout_s: float = Field(default=0.5, gt=0)
+    beam_a: Annotated[int, _MODBUS_ADDRESS] = 0
+    beam_b: Annotated[int, _MODBUS_ADDRESS] = 1
+    loop: Annotated[int, _MODBUS_ADDRESS] | None = None
+    barrier: Annotated[int, _MODBUS_ADDRESS] = 0
+    green: Annotated[int, _MODBUS_ADDRESS] = 1
+    red: Annotated[int, _MODBUS_ADDRESS] = 2
+    buzzer: Annotated[int, _MODBUS_ADDRESS] = 3
+
+    @model_validator(mode="after")
+    def _distinct_addresses(self) -> GateIoReaderConfig:
+        _require_distinct("input", beam_a=self.beam_a, beam_b=self.beam_b, loop=self.loop)
+        _require_distinct(
+            "coil", barrier=self.barrier, green=self.green, red=self.red, buzzer=self.buzzer
+        )
+        return self
+
+
+class LcusReaderConfig(_ReaderBase):
+    """An LCUS USB relay board driving the gate outputs (PROTOCOLS.md §4); channels 1-based."""
+
+    kind: Literal["lcus"]
+    baudrate: int = 9600
+    barrier: Annotated[int, Field(ge=1, le=255)] | None = None
+    green: Annotated[int, Field(ge=1, le=255)] | None = None
+    red: Annotated[int, Field(ge=1, le=255)] | None = None
+    buzzer: Annotated[int, Field(ge=1, le=255)] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_channels(self) -> LcusReaderConfig:
+        channels = {
+            "barrier": self.barrier,
+            "green": self.green,
+            "red": self.red,
+            "buzzer": self.buzzer,
+        }
+        if all(channel is None for channel in channels.values()):
+            raise ValueError("an lcus board drives at least one of barrier, green, red, buzzer")
+        _require_distinct("channel", **channels)
+        return self
+
+
+def _require_distinct(what: str, **wired: int | None) -> None:
+    """Two outputs on one coil (or two inputs on one address) is a wiring typo, not a choice."""
+    seen: dict[int, str] = {}
+    for name, address in wired.items():
+        if address is None:
+            continue
+        if address in seen:
+            raise ValueError(f"{seen[address]} and {name} are both {what} {address}")
+        seen[address] = name
 
 
 ReaderConfig = Annotated[
-    R2000ReaderConfig | ThingMagicReaderConfig | ScannerReaderConfig | GateIoReaderConfig,
+    R2000ReaderConfig
+    | ThingMagicReaderConfig
+    | ScannerReaderConfig
+    | GateIoReaderConfig
+    | LcusReaderConfig,
     Field(discriminator="kind"),
 ]
 
@@ -220,6 +339,8 @@ class Config(_Frozen):
     inspection: InspectionConfig = InspectionConfig()
     commands: CommandsConfig = CommandsConfig()
     health: HealthConfig = HealthConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    outputs: OutputsConfig = OutputsConfig()
     log: LogConfig = LogConfig()
     readers: tuple[ReaderConfig, ...]
 

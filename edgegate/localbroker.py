@@ -6,7 +6,10 @@ SIGKILL and restart), else an in-process amqtt broker on a thread of its own (on
 the demo runs on a machine without mosquitto).
 
 Invariant: :meth:`LocalBroker.start` returns only once the port accepts connections, and a
-restarted broker listens on the same port, so clients simply reconnect.
+restarted broker listens on the same port, so clients simply reconnect. ``options`` are extra
+mosquitto.conf lines for the listener and the broker (TLS files, ``require_certificate``,
+``acl_file`` …); :meth:`LocalBroker.pause` freezes the process (SIGSTOP) so that its clients
+face a half-open connection: the socket stays up, nothing answers.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import asyncio
 import contextlib
 import getpass
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
@@ -47,13 +52,18 @@ def wait_for_port(host: str, port: int, timeout_s: float = STARTUP_TIMEOUT_S) ->
 
 class LocalBroker:
     def __init__(
-        self, port: int | None = None, prefer: str = "mosquitto", persistence: bool = False
+        self,
+        port: int | None = None,
+        prefer: str = "mosquitto",
+        persistence: bool = False,
+        options: Sequence[str] = (),
     ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         # With persistence, mosquitto keeps sessions and queued QoS 1 messages across a
         # clean stop/start (it saves on SIGTERM), like a production broker would.
         self.persistence = persistence
+        self.options = tuple(options)
         self.binary = shutil.which("mosquitto") if prefer == "mosquitto" else None
         self.kind = "mosquitto" if self.binary else "amqtt"
         self._workdir = Path(tempfile.mkdtemp(prefix="edgegate-broker-"))
@@ -78,7 +88,7 @@ class LocalBroker:
                 "log_dest none\n"
                 # Started as root, mosquitto would drop to user "mosquitto", which cannot
                 # write its persistence file into our temporary directory.
-                f"user {getpass.getuser()}\n"
+                f"user {getpass.getuser()}\n" + "".join(f"{line}\n" for line in self.options)
             )
             self._process = subprocess.Popen(
                 [self.binary, "-c", str(conf)],
@@ -92,6 +102,8 @@ class LocalBroker:
 
     def stop(self) -> None:
         if self._process is not None:
+            # A paused broker would only see the SIGTERM once continued.
+            self._process.send_signal(signal.SIGCONT)
             self._process.terminate()
             try:
                 self._process.wait(timeout=5)
@@ -110,6 +122,19 @@ class LocalBroker:
         self._process.kill()
         self._process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP the broker (mosquitto only): connections stay open, nothing answers."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None:
+            raise RuntimeError(f"{signum.name} needs a mosquitto child process")
+        self._process.send_signal(signum)
 
     def restart(self) -> None:
         self.stop()

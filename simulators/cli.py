@@ -24,10 +24,22 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from simulators.r2000 import R2000Simulator
+from edgegate.devices.recorder import RecordingError
+from simulators import backoffice
+from simulators.faults import add_fault_arguments, fault_plan_from_args
+from simulators.gateio import GateIoSimulator
+from simulators.lcus import LcusSimulator
+from simulators.r2000 import R2000Simulator, serve_pty, serve_tcp
+from simulators.replay import Replayer
+from simulators.scanner import ScannerSimulator
+from simulators.thingmagic import ThingMagicSimulator
 
 PROG = "edgegate-sim"
-_R2000_COMMANDS = "add EPC [PORT [RSSI]] | remove EPC | clear"
+_R2000_COMMANDS = "add EPC [PORT [RSSI]] | remove EPC | clear | fault PORT | repair PORT"
+_THINGMAGIC_COMMANDS = "add EPC [PORT [RSSI [TID]]] | remove EPC | clear | hang | recover"
+_SCANNER_COMMANDS = "scan TEXT (<GS> for a GS separator)"
+_GATE_IO_COMMANDS = "beam A|B|loop on|off"
+_SUFFIXES = {"cr": b"\r", "crlf": b"\r\n", "lf": b"\n"}
 
 
 class _Endpoint(Protocol):
@@ -62,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run a simulated device.")
     devices = parser.add_subparsers(dest="device", required=True, metavar="DEVICE")
     _add_r2000(devices)
+    _add_thingmagic(devices)
+    _add_replay(devices)
+    _add_scanner(devices)
+    _add_gate_io(devices)
+    _add_lcus(devices)
+    backoffice.add_command(devices)
     return parser
 
 
@@ -85,7 +103,15 @@ def _add_r2000(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=[],
         help="a tag in the field at start (port 1-based, default 1; RSSI dBm, default -55)",
     )
-    parser.add_argument("--antennas", type=int, default=4, help="antenna ports (default 4)")
+    parser.add_argument("--antennas", type=int, default=4, help="antenna ports, 1-8 (default 4)")
+    parser.add_argument(
+        "--faulty-antenna",
+        metavar="PORT",
+        type=int,
+        action="append",
+        default=[],
+        help="a port whose antenna is missing at start (repeatable)",
+    )
     parser.add_argument(
         "--round-delay",
         type=float,
@@ -93,22 +119,329 @@ def _add_r2000(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         metavar="SECONDS",
         help="time an inventory round takes (default 0.02)",
     )
+    add_fault_arguments(parser)
     parser.set_defaults(run=_run_r2000)
 
 
 def _run_r2000(args: argparse.Namespace) -> None:
     try:
+        faults = fault_plan_from_args(args)
         simulator = R2000Simulator(antenna_ports=args.antennas, round_delay_s=args.round_delay)
         for spec in args.tag:
             _add_tag(simulator, spec.split(":"))
+        for port in args.faulty_antenna:
+            simulator.set_antenna_fault(port)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
 
     async def serve() -> None:
-        endpoint = simulator.open_pty() if args.tcp is None else await simulator.open_tcp(*args.tcp)
+        endpoint, _ = (
+            serve_pty(simulator.converse, faults)
+            if args.tcp is None
+            else await serve_tcp(simulator.converse, args.tcp[0], args.tcp[1], faults)
+        )
         await _serve(endpoint, lambda line: _r2000_command(simulator, line))
 
     asyncio.run(serve())
+
+
+def _add_thingmagic(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "thingmagic",
+        help="ThingMagic / JADAK Mercury module (PROTOCOLS.md §2)",
+        description=(
+            f"Serve a simulated Mercury module. Commands on stdin: {_THINGMAGIC_COMMANDS}."
+        ),
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--pty", action="store_true", help="serve on a new pseudo-terminal (the default)"
+    )
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", type=_host_port, help="serve on a TCP port (0 = any)"
+    )
+    parser.add_argument(
+        "--tag",
+        metavar="EPC[:PORT[:RSSI[:TID]]]",
+        action="append",
+        default=[],
+        help="a tag in the field at start (port 1-based, default 1; RSSI dBm, default -55)",
+    )
+    parser.add_argument("--antennas", type=int, default=4, help="antenna ports, 1-15 (default 4)")
+    parser.add_argument(
+        "--read-interval",
+        type=float,
+        default=0.02,
+        metavar="SECONDS",
+        help="pause between two reads of the field while streaming (default 0.02; 0 = flat out)",
+    )
+    add_fault_arguments(parser)
+    parser.set_defaults(run=_run_thingmagic)
+
+
+def _run_thingmagic(args: argparse.Namespace) -> None:
+    try:
+        faults = fault_plan_from_args(args)
+        simulator = ThingMagicSimulator(
+            antenna_ports=args.antennas, read_interval_s=args.read_interval
+        )
+        for spec in args.tag:
+            _add_thingmagic_tag(simulator, spec.split(":"))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+    async def serve() -> None:
+        endpoint, _ = (
+            serve_pty(simulator.converse, faults)
+            if args.tcp is None
+            else await serve_tcp(simulator.converse, args.tcp[0], args.tcp[1], faults)
+        )
+        await _serve(endpoint, lambda line: _thingmagic_command(simulator, line))
+
+    asyncio.run(serve())
+
+
+def _thingmagic_command(simulator: ThingMagicSimulator, line: str) -> None:
+    words = line.split()
+    try:
+        match words:
+            case []:
+                return
+            case ["add", *tag]:
+                _add_thingmagic_tag(simulator, tag)
+            case ["remove", epc]:
+                simulator.remove_tag(epc)
+            case ["clear"]:
+                simulator.clear()
+            case ["hang"]:
+                simulator.hang()
+            case ["recover"]:
+                simulator.recover()
+            case _:
+                raise ValueError(f"unknown command {line.strip()!r} (use: {_THINGMAGIC_COMMANDS})")
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+
+
+def _add_thingmagic_tag(simulator: ThingMagicSimulator, parts: Sequence[str]) -> None:
+    """``EPC [PORT [RSSI [TID]]]``, as words of a command or fields of a ``--tag``."""
+    if not 1 <= len(parts) <= 4:
+        raise ValueError(f"expected EPC [PORT [RSSI [TID]]], got {' '.join(parts)!r}")
+    epc, *rest = parts
+    port = int(rest[0]) if rest else 1
+    rssi = int(rest[1]) if len(rest) > 1 else -55
+    simulator.add_tag(epc, port, rssi, tid=rest[2] if len(rest) > 2 else None)
+
+
+def _add_replay(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "replay",
+        help="play a flight recording back as a device",
+        description=(
+            "Play back a file written by a reader's `record` setting, as the device that was "
+            "recorded. When the recording holds the host's requests, each recorded reply "
+            "waits for the new host's request."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="an edgegate.flightrec/1 recording")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--pty", action="store_true", help="serve on a new pseudo-terminal (the default)"
+    )
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", type=_host_port, help="serve on a TCP port (0 = any)"
+    )
+    parser.add_argument(
+        "--speed", type=float, default=1.0, metavar="X", help="play X times as fast (default 1)"
+    )
+    parser.add_argument("--loop", action="store_true", help="start again at the end")
+    add_fault_arguments(parser)
+    parser.set_defaults(run=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> None:
+    try:
+        faults = fault_plan_from_args(args)
+        replayer = Replayer.from_file(args.file, speed=args.speed, loop=args.loop)
+    except (ValueError, RecordingError) as exc:
+        raise _UsageError(str(exc)) from None
+
+    async def serve() -> None:
+        endpoint, _ = (
+            serve_pty(replayer.converse, faults)
+            if args.tcp is None
+            else await serve_tcp(replayer.converse, args.tcp[0], args.tcp[1], faults)
+        )
+        await _serve(endpoint, _no_commands)
+
+    asyncio.run(serve())
+
+
+def _no_commands(line: str) -> None:
+    if line.strip():
+        print(f"{PROG}: replay takes no commands, ignored {line.strip()!r}", file=sys.stderr)
+
+
+def _add_scanner(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "scanner",
+        help="QR / barcode scanner in USB CDC mode (PROTOCOLS.md §3)",
+        description=f"Serve a simulated serial scanner. Commands on stdin: {_SCANNER_COMMANDS}.",
+    )
+    _add_where(parser)
+    parser.add_argument(
+        "--suffix", choices=sorted(_SUFFIXES), default="cr", help="sent after each code"
+    )
+    add_fault_arguments(parser)
+    parser.set_defaults(run=_run_scanner)
+
+
+def _run_scanner(args: argparse.Namespace) -> None:
+    try:
+        faults = fault_plan_from_args(args)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    scanner = ScannerSimulator(_SUFFIXES[args.suffix])
+
+    def command(line: str) -> None:
+        match line.strip().split(maxsplit=1):
+            case []:
+                pass
+            case ["scan", text]:
+                scanner.scan(text.replace("<GS>", "\x1d"))
+            case _:
+                print(f"{PROG}: unknown command {line.strip()!r} (use: {_SCANNER_COMMANDS})",
+                      file=sys.stderr)  # fmt: skip
+
+    async def serve() -> None:
+        endpoint, _ = (
+            serve_pty(scanner.converse, faults)
+            if args.tcp is None
+            else await serve_tcp(scanner.converse, args.tcp[0], args.tcp[1], faults)
+        )
+        await _serve(endpoint, command)
+
+    asyncio.run(serve())
+
+
+def _add_gate_io(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "gate-io",
+        help="Modbus RTU I/O module: beams in, coils out (PROTOCOLS.md §4)",
+        description=(
+            "Serve a simulated I/O module (a pymodbus RTU server): inputs A=0, B=1, loop=2; "
+            f"coils barrier=0, green=1, red=2, buzzer=3. Commands on stdin: {_GATE_IO_COMMANDS}. "
+            "Coil changes are printed on stderr."
+        ),
+    )
+    _add_where(parser)
+    parser.add_argument("--unit", type=int, default=1, help="Modbus unit id (default 1)")
+    add_fault_arguments(parser)
+    parser.set_defaults(run=_run_gate_io)
+
+
+def _run_gate_io(args: argparse.Namespace) -> None:
+    try:
+        faults = fault_plan_from_args(args)
+        module = GateIoSimulator(unit=args.unit)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    # set_beam talks to the pymodbus datastore, which is async: lines queue for one task.
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    async def obey() -> None:
+        while True:
+            line = await lines.get()
+            match line.split():
+                case []:
+                    pass
+                case ["beam", name, ("on" | "off") as state]:
+                    try:
+                        await module.set_beam(name, state == "on")
+                    except ValueError as exc:
+                        print(f"{PROG}: {exc}", file=sys.stderr)
+                case _:
+                    print(f"{PROG}: unknown command {line.strip()!r} (use: {_GATE_IO_COMMANDS})",
+                          file=sys.stderr)  # fmt: skip
+
+    async def report_coils(shown: dict[str, bool]) -> None:
+        # The state to compare with is taken before the endpoint exists: a host may switch
+        # a coil before this task first runs.
+        def changed() -> bool:
+            return module.coils() != shown
+
+        while True:
+            await module.until(changed)
+            shown = module.coils()
+            states = " ".join(f"{name}={'on' if on else 'off'}" for name, on in shown.items())
+            print(f"{PROG}: coils {states}", file=sys.stderr, flush=True)
+
+    async def serve() -> None:
+        async with module, asyncio.TaskGroup() as group:
+            group.create_task(obey(), name="gate-io-commands")
+            group.create_task(report_coils(module.coils()), name="gate-io-coils")
+            endpoint, _ = (
+                serve_pty(module.converse, faults)
+                if args.tcp is None
+                else await serve_tcp(module.converse, args.tcp[0], args.tcp[1], faults)
+            )
+            await _serve(endpoint, lines.put_nowait)
+
+    asyncio.run(serve())
+
+
+def _add_lcus(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "lcus",
+        help="LCUS USB relay board (PROTOCOLS.md §4)",
+        description="Serve a simulated relay board. Relay changes are printed on stderr.",
+    )
+    _add_where(parser)
+    parser.add_argument("--channels", type=int, default=4, help="relays (default 4)")
+    add_fault_arguments(parser)
+    parser.set_defaults(run=_run_lcus)
+
+
+def _run_lcus(args: argparse.Namespace) -> None:
+    try:
+        faults = fault_plan_from_args(args)
+        board = LcusSimulator(channels=args.channels)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+
+    async def report_relays(shown: dict[int, bool]) -> None:
+        # The state to compare with is taken before the endpoint exists: a host may switch
+        # a relay before this task first runs.
+        def changed(relays: dict[int, bool]) -> bool:
+            return relays != shown
+
+        while True:
+            await board.until(changed)
+            shown = board.relays()
+            states = " ".join(f"{ch}={'on' if on else 'off'}" for ch, on in shown.items())
+            print(f"{PROG}: relays {states}", file=sys.stderr, flush=True)
+
+    async def serve() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(report_relays(board.relays()), name="lcus-relays")
+            endpoint, _ = (
+                serve_pty(board.converse, faults)
+                if args.tcp is None
+                else await serve_tcp(board.converse, args.tcp[0], args.tcp[1], faults)
+            )
+            await _serve(endpoint, _no_commands)
+
+    asyncio.run(serve())
+
+
+def _add_where(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--pty", action="store_true", help="serve on a new pseudo-terminal (the default)"
+    )
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", type=_host_port, help="serve on a TCP port (0 = any)"
+    )
 
 
 def _r2000_command(simulator: R2000Simulator, line: str) -> None:
@@ -123,6 +456,10 @@ def _r2000_command(simulator: R2000Simulator, line: str) -> None:
                 simulator.remove_tag(epc)
             case ["clear"]:
                 simulator.clear()
+            case ["fault", port]:
+                simulator.set_antenna_fault(int(port))
+            case ["repair", port]:
+                simulator.set_antenna_fault(int(port), faulty=False)
             case _:
                 raise ValueError(f"unknown command {line.strip()!r} (use: {_R2000_COMMANDS})")
     except ValueError as exc:

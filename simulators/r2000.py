@@ -1,50 +1,75 @@
 """A simulated Impinj Indy R2000 reader (PROTOCOLS.md §1), served on a pty or a TCP port.
 
-Owns a field of tags and the reader behaviour the daemon relies on: real-time (89) and
-session (8B) inventory rounds, set/get work antenna (74/75) and firmware version (72). Bytes
-are produced by :mod:`edgegate.wire.r2000`'s device role, so the simulator and the daemon
-can only disagree about the protocol if the codec disagrees with PROTOCOLS.md.
+Owns a field of tags and the reader behaviour the daemon relies on: real-time (89), session
+(8B) and fast-switch (8A) inventory rounds, set/get work antenna (74/75), set/get RF power
+(76/77) and firmware version (72), on 4- or 8-port readers, with antenna ports that can be
+marked faulty. Bytes are produced by :mod:`edgegate.wire.r2000`'s device role, so the
+simulator and the daemon can only disagree about the protocol if the codec disagrees with
+PROTOCOLS.md. Its pty and TCP endpoints serve any conversation ``converse(receive, send)``
+(the replay device uses them too); faults come from :mod:`simulators.faults`.
 
 Invariants:
-- an inventory round answers one tag frame per field tag on the current work antenna, then
-  exactly one end-of-round frame whose ``AntID`` is that antenna (§1, table);
+- an 89 / 8B round answers one tag frame per field tag on the current work antenna, then
+  exactly one end-of-round frame whose ``AntID`` is that antenna (§1, table) — or, when that
+  port is faulty, only the error frame 22 (antenna missing);
+- an 8A round visits its enabled slots in order, ``Repeat`` times, each ``stay`` times:
+  tag frames for a working port, one antenna fault frame (``AntID`` 22) per visit of a
+  faulty or missing one; then exactly one closing frame ``TotalRead CommandDuration``;
+- ports 5-8 of an 8-port reader are reported with RSSI bit 7 set (§1);
 - replies carry the simulator's own address; a request for another address gets no answer;
 - the frequency index of every tag frame is fixed (default 7 = 902.0 MHz), so a known tag
   yields a byte-exact frame, e.g. the §1 golden vector;
-- requests on one connection are answered strictly in order, one at a time, like the device;
-- an endpoint's ``run()`` releases its descriptors / sockets however it ends, cancellation
-  included.
+- requests on one connection are answered strictly in order, one at a time, like the
+  device, and every frame is written on its own, as the reader emits it;
+- an endpoint's ``run()`` releases its descriptors / sockets (and its link) however it
+  ends, cancellation included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import tty
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgegate.wire.r2000 import (
     BROADCAST,
     INVENTORY_COMMANDS,
+    MAX_RF_POWER_DBM,
     Cmd,
     R2000Device,
+    R2000Error,
     Request,
     Status,
+    decode_fast_switch_request,
+    encode_antenna_fault,
     encode_error,
+    encode_fast_switch_end,
     encode_frame,
     encode_round_end,
     encode_tag,
     pc_for_epc,
 )
+from simulators.faults import (
+    NO_FAULTS,
+    Conversation,
+    Endpoint,
+    FaultLayer,
+    FaultPlan,
+    Receive,
+    Replugging,
+    Send,
+    stable_link,
+    with_faults,
+)
 
 _READ_SIZE = 4096
-# Data length of each inventory request (§1): 89 carries Repeat; 8B Session, Target, Repeat.
-_INVENTORY_DATA_LEN = {Cmd.REAL_TIME_INVENTORY: 1, Cmd.SESSION_INVENTORY: 3}
-
-Receive = Callable[[], Awaitable[bytes]]
-Send = Callable[[bytes], Awaitable[None]]
+# Data length of 89 / 8B requests (§1): 89 carries Repeat; 8B Session, Target, Repeat.
+_ROUND_DATA_LEN = {Cmd.REAL_TIME_INVENTORY: 1, Cmd.SESSION_INVENTORY: 3}
+_DEFAULT_RF_POWER_DBM = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +111,9 @@ class R2000Simulator:
         self._firmware = bytes(firmware)
         self._round_delay_s = round_delay_s
         self._work_antenna = 0
+        self._rf_power_dbm = _DEFAULT_RF_POWER_DBM
         self._field: dict[tuple[bytes, int], FieldTag] = {}
+        self._faulty_ports: set[int] = set()
         self.frames_sent = 0
         self.tags_sent = 0
         self.rounds = 0
@@ -101,6 +128,28 @@ class R2000Simulator:
         """The 0-based wire antenna the next round reads on (set by command 74)."""
         return self._work_antenna
 
+    @property
+    def rf_power_dbm(self) -> int:
+        """The output power set by command 76 (30 dBm at power-on)."""
+        return self._rf_power_dbm
+
+    @property
+    def faulty_ports(self) -> frozenset[int]:
+        """1-based ports marked faulty by :meth:`set_antenna_fault`."""
+        return frozenset(self._faulty_ports)
+
+    def set_antenna_fault(self, antenna_port: int, faulty: bool = True) -> None:
+        """Mark a port's antenna as missing (a cut cable) or repair it.
+
+        A faulty port still accepts 74, as the reader only finds the antenna missing when
+        it transmits: its 89 / 8B rounds end in error 22, its 8A slots in fault frames.
+        """
+        self._require_port(antenna_port)
+        if faulty:
+            self._faulty_ports.add(antenna_port)
+        else:
+            self._faulty_ports.discard(antenna_port)
+
     def add_tag(self, epc_hex: str, antenna_port: int = 1, rssi_dbm: int = -55) -> None:
         """Place a tag in front of ``antenna_port`` (or change its RSSI there).
 
@@ -108,8 +157,7 @@ class R2000Simulator:
         """
         epc = _parse_epc(epc_hex)
         pc_for_epc(epc)  # validates the length before the tag can reach a round
-        if not 1 <= antenna_port <= self._antenna_ports:
-            raise ValueError(f"antenna port must be 1-{self._antenna_ports}, got {antenna_port}")
+        self._require_port(antenna_port)
         if not -129 <= rssi_dbm <= -2:
             raise ValueError(f"RSSI must be -129..-2 dBm, got {rssi_dbm}")
         self._field[epc, antenna_port] = FieldTag(epc, antenna_port, rssi_dbm)
@@ -128,12 +176,18 @@ class R2000Simulator:
         if request.address not in (self._address, BROADCAST):
             return []
         cmd = request.cmd
-        if cmd in INVENTORY_COMMANDS:
+        if cmd == Cmd.FAST_SWITCH_INVENTORY:
+            frames = self._fast_switch_round(request.data)
+        elif cmd in INVENTORY_COMMANDS:
             frames = self._round(request)
         elif cmd == Cmd.SET_WORK_ANTENNA:
             frames = [self._set_work_antenna(request.data)]
         elif cmd == Cmd.GET_WORK_ANTENNA:
             frames = [encode_frame(self._address, cmd, bytes((self._work_antenna,)))]
+        elif cmd == Cmd.SET_RF_POWER:
+            frames = [self._set_rf_power(request.data)]
+        elif cmd == Cmd.GET_RF_POWER:
+            frames = [encode_frame(self._address, cmd, bytes((self._rf_power_dbm,)))]
         elif cmd == Cmd.GET_FIRMWARE_VERSION:
             frames = [encode_frame(self._address, cmd, self._firmware)]
         else:
@@ -141,7 +195,7 @@ class R2000Simulator:
         self.frames_sent += len(frames)
         return frames
 
-    async def reply(self, request: Request) -> bytes:
+    async def reply(self, request: Request) -> list[bytes]:
         """:meth:`answer`, after the time an inventory round takes on air.
 
         The delay is what keeps a host that re-issues 89 after every round (§1: there is
@@ -149,30 +203,73 @@ class R2000Simulator:
         """
         if request.cmd in INVENTORY_COMMANDS and self._round_delay_s:
             await asyncio.sleep(self._round_delay_s)
-        return b"".join(self.answer(request))
+        return self.answer(request)
 
     async def converse(self, receive: Receive, send: Send) -> None:
-        """Answer requests read by ``receive`` until it returns ``b""`` (end of stream)."""
+        """Answer requests read by ``receive`` until it returns ``b""`` (end of stream).
+
+        Each frame is a write of its own, as the reader emits frames while it reads tags;
+        a fault layer in front of ``send`` therefore sees frame boundaries.
+        """
         device = R2000Device()
         while data := await receive():
             for request in device.receive_data(data):
-                await send(await self.reply(request))
+                for frame in await self.reply(request):
+                    await send(frame)
 
     def open_pty(self) -> PtyEndpoint:
         """A new pseudo-terminal for this reader; ``path`` is its serial port."""
-        return PtyEndpoint(self)
+        return PtyEndpoint(self.converse)
 
     async def open_tcp(self, host: str = "127.0.0.1", port: int = 0) -> TcpEndpoint:
         """Listen on ``host:port`` (0 = any free port, see ``TcpEndpoint.port``)."""
-        return await TcpEndpoint.listen(self, host, port)
+        return await TcpEndpoint.listen(self.converse, host, port)
 
     def _round(self, request: Request) -> list[bytes]:
         cmd = request.cmd
-        if len(request.data) != _INVENTORY_DATA_LEN[Cmd(cmd)]:
+        if len(request.data) != _ROUND_DATA_LEN[Cmd(cmd)]:
             return [encode_error(self._address, cmd, Status.INVALID_PARAMETER)]
+        self.rounds += 1
         antenna = self._work_antenna
+        if antenna + 1 in self._faulty_ports:
+            return [encode_error(self._address, cmd, Status.ANTENNA_MISSING)]
+        frames = self._tag_frames(cmd, antenna)
+        frames.append(
+            encode_round_end(self._address, cmd, antenna, self._read_rate(len(frames)), len(frames))
+        )
+        return frames
+
+    def _fast_switch_round(self, data: bytes) -> list[bytes]:
+        cmd = Cmd.FAST_SWITCH_INVENTORY
+        try:
+            request = decode_fast_switch_request(data)
+        except R2000Error:
+            return [encode_error(self._address, cmd, Status.INVALID_PARAMETER)]
+        if not request.slots:
+            return [encode_error(self._address, cmd, Status.INVALID_PARAMETER)]
+        self.rounds += 1
+        frames: list[bytes] = []
+        reads = 0
+        for _ in range(max(request.repeat, 1)):
+            for antenna, stay in request.slots:
+                if antenna >= self._antenna_ports or antenna + 1 in self._faulty_ports:
+                    frames.append(
+                        encode_antenna_fault(self._address, antenna, Status.ANTENNA_MISSING)
+                    )
+                    continue
+                for _ in range(stay):
+                    tags = self._tag_frames(cmd, antenna)
+                    reads += len(tags)
+                    frames += tags
+        duration_ms = round(self._round_delay_s * 1000)
+        frames.append(encode_fast_switch_end(self._address, min(reads, 0xFFFFFF), duration_ms))
+        return frames
+
+    def _tag_frames(self, cmd: int, antenna: int) -> list[bytes]:
+        """One tag frame per field tag in front of wire ``antenna``."""
         reads = [tag for tag in self._field.values() if tag.antenna_port == antenna + 1]
-        frames = [
+        self.tags_sent += len(reads)
+        return [
             encode_tag(
                 self._address,
                 cmd,
@@ -184,12 +281,6 @@ class R2000Simulator:
             )
             for tag in reads
         ]
-        frames.append(
-            encode_round_end(self._address, cmd, antenna, self._read_rate(len(reads)), len(reads))
-        )
-        self.rounds += 1
-        self.tags_sent += len(reads)
-        return frames
 
     def _read_rate(self, reads: int) -> int:
         # ReadRate is reads per second (§1); a simulated round lasts round_delay_s.
@@ -206,28 +297,56 @@ class R2000Simulator:
         self._work_antenna = data[0]
         return encode_frame(self._address, cmd, bytes((Status.SUCCESS,)))
 
+    def _set_rf_power(self, data: bytes) -> bytes:
+        cmd = Cmd.SET_RF_POWER
+        if len(data) != 1 or data[0] > MAX_RF_POWER_DBM:
+            return encode_error(self._address, cmd, Status.INVALID_PARAMETER)
+        self._rf_power_dbm = data[0]
+        return encode_frame(self._address, cmd, bytes((Status.SUCCESS,)))
+
+    def _require_port(self, antenna_port: int) -> None:
+        if not 1 <= antenna_port <= self._antenna_ports:
+            raise ValueError(f"antenna port must be 1-{self._antenna_ports}, got {antenna_port}")
+
+
+def _parse_epc(epc_hex: str) -> bytes:
+    try:
+        return bytes.fromhex(epc_hex)
+    except ValueError:
+        raise ValueError(f"an EPC is hex digits, got {epc_hex!r}") from None
+
 
 class PtyEndpoint:
-    """The reader behind a pseudo-terminal: ``path`` is the serial port a host opens.
+    """A device behind a pseudo-terminal: ``path`` is the serial port a host opens.
 
     The endpoint keeps its own descriptor of the slave (port) side open for its whole
-    lifetime. Without it, whenever the last host closes the port — as the daemon does
-    while it reconnects — the kernel hangs up the master and every master read fails with
-    EIO until the port is reopened. Holding it makes the port behave like a real reader
-    that stays plugged in while nobody has it open. Closing the endpoint is the unplug:
-    a host that still has the port open then reads EIO.
+    lifetime. Without it, whenever the last host closes the port — as the daemon does while
+    it reconnects — the kernel hangs up the master and every master read fails with EIO until
+    the port is reopened. Holding it makes the port behave like a real reader that stays
+    plugged in while nobody has it open. Closing the endpoint is the unplug: a host that
+    still has the port open then reads EIO.
+
+    With ``link``, the port is also published as that symlink (as udev publishes
+    ``/dev/serial/by-id/...``), ``url`` names the link, and closing removes it.
     """
 
-    def __init__(self, simulator: R2000Simulator) -> None:
-        self._simulator = simulator
+    def __init__(self, converse: Conversation, link: Path | None = None) -> None:
+        self._converse = converse
+        self._link = link
         self._master, self._slave = os.openpty()
         try:
-            # Raw mode on the port side: no echo (the simulator would read its own replies
-            # back as requests), no CR/LF mapping and no XON/XOFF, since 0x11 and 0x13 are
+            # Raw mode on the port side: no echo (the device would read its own replies back
+            # as requests), no CR/LF mapping and no XON/XOFF, since 0x11 and 0x13 are
             # ordinary bytes in R2000 frames (0x11 is the "fail" status, §1).
             tty.setraw(self._slave)
             os.set_blocking(self._master, False)
             self._path = os.ttyname(self._slave)
+            if link is not None:
+                # Replaced atomically, as udev does: a host never sees a half-made link.
+                staging = link.with_name(link.name + ".new")
+                staging.unlink(missing_ok=True)
+                staging.symlink_to(self._path)
+                staging.replace(link)
         except BaseException:
             self.close()
             raise
@@ -240,17 +359,23 @@ class PtyEndpoint:
     @property
     def url(self) -> str:
         """What a reader's ``url`` setting names to reach this endpoint."""
-        return self._path
+        return str(self._link) if self._link is not None else self._path
 
     async def run(self) -> None:
         """Answer the host until cancelled; the pty is gone afterwards."""
         try:
-            await self._simulator.converse(self._receive, self._send)
+            await self._converse(self._receive, self._send)
+            # A conversation that ends by itself (a replay played to its end) leaves the
+            # device plugged in and silent, like an idle reader.
+            await asyncio.get_running_loop().create_future()
         finally:
             self.close()
 
     def close(self) -> None:
-        """Close both sides of the pty (idempotent)."""
+        """Close both sides of the pty and remove its link (idempotent)."""
+        if self._link is not None and self._master >= 0:
+            with contextlib.suppress(OSError):
+                self._link.unlink()
         for fd in (self._master, self._slave):
             if fd >= 0:
                 os.close(fd)
@@ -273,7 +398,10 @@ class PtyEndpoint:
 
 
 class TcpEndpoint:
-    """The reader behind a TCP listener, as a serial-to-Ethernet converter would expose it."""
+    """A device behind a TCP listener, as a serial-to-Ethernet converter would expose it.
+
+    Each connection gets a conversation of its own.
+    """
 
     def __init__(self, server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
         self._server = server
@@ -281,11 +409,11 @@ class TcpEndpoint:
         self._host, self._port = server.sockets[0].getsockname()[:2]
 
     @classmethod
-    async def listen(cls, simulator: R2000Simulator, host: str, port: int) -> TcpEndpoint:
+    async def listen(cls, converse: Conversation, host: str, port: int) -> TcpEndpoint:
         """Bind and start accepting; each connection is answered until it closes."""
         connections: set[asyncio.Task[None]] = set()
         server = await asyncio.start_server(
-            functools.partial(_serve_connection, simulator, connections), host, port
+            functools.partial(_serve_connection, converse, connections), host, port
         )
         return cls(server, connections)
 
@@ -313,8 +441,41 @@ class TcpEndpoint:
             await self._server.wait_closed()
 
 
+def serve_pty(converse: Conversation, faults: FaultPlan = NO_FAULTS) -> tuple[Endpoint, FaultLayer]:
+    """Serve ``converse`` on a pty with ``faults``; the layer tells what was applied.
+
+    When the plan unplugs, the url is a stable link that follows the device to each new pty.
+    """
+    layer = FaultLayer(faults)
+    faulty = with_faults(converse, layer)
+    if not faults.unplugs:
+        return PtyEndpoint(faulty), layer
+    link = stable_link()
+
+    async def replug() -> Endpoint:
+        return PtyEndpoint(faulty, link)
+
+    return Replugging(faults, PtyEndpoint(faulty, link), replug, link), layer
+
+
+async def serve_tcp(
+    converse: Conversation, host: str, port: int, faults: FaultPlan = NO_FAULTS
+) -> tuple[Endpoint, FaultLayer]:
+    """Serve ``converse`` on ``host:port`` with ``faults``; a replug listens on the same port."""
+    layer = FaultLayer(faults)
+    faulty = with_faults(converse, layer)
+    first = await TcpEndpoint.listen(faulty, host, port)
+    if not faults.unplugs:
+        return first, layer
+
+    async def replug() -> Endpoint:
+        return await TcpEndpoint.listen(faulty, host, first.port)
+
+    return Replugging(faults, first, replug), layer
+
+
 async def _serve_connection(
-    simulator: R2000Simulator,
+    converse: Conversation,
     connections: set[asyncio.Task[None]],
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -328,19 +489,17 @@ async def _serve_connection(
         await writer.drain()
 
     try:
-        await simulator.converse(functools.partial(reader.read, _READ_SIZE), send)
+        await converse(functools.partial(reader.read, _READ_SIZE), send)
     except ConnectionError:
         pass  # the host went away mid-reply: for a device that is not an error
+    except asyncio.CancelledError:
+        # Only TcpEndpoint.run cancels this task, and it awaits the outcome itself. Ending
+        # normally keeps asyncio 3.11's done-callback for client tasks, which calls
+        # task.exception() unguarded, from logging every unplug as an error.
+        pass
     finally:
         connections.discard(task)
         writer.close()
-
-
-def _parse_epc(epc_hex: str) -> bytes:
-    try:
-        return bytes.fromhex(epc_hex)
-    except ValueError:
-        raise ValueError(f"an EPC is hex digits, got {epc_hex!r}") from None
 
 
 async def _until_ready(fd: int, *, writable: bool) -> None:

@@ -24,6 +24,12 @@ class DeviceStats:
     malformed: int
     resyncs: int
     last_seen_mono_s: float | None
+    antenna_faults: int = 0
+    """Antenna faults the device reported (e.g. R2000 status 22, antenna missing)."""
+    faulty_antennas: tuple[int, ...] = ()
+    """1-based ports whose last inventory faulted, in ascending order."""
+    firmware: str | None = None
+    """The firmware version the device reported on its last connect, if it tells one."""
 
 
 class DeviceSession(Protocol):

@@ -1,7 +1,8 @@
-"""MQTT payloads — contract, DESIGN.md §9: the decision event and the retained status.
+"""MQTT payloads — contract, DESIGN.md §9: decision, status, alarm, health, reads, acks.
 
-Owns the JSON shape of what the gate publishes. Payloads are frozen pydantic models so the
-same classes validate, serialise and (later) generate docs/asyncapi.yaml.
+Owns the JSON shape of what the gate publishes (and of the back office's acks). Payloads are
+frozen pydantic models so the same classes validate, serialise and generate
+docs/asyncapi.yaml (``python -m edgegate.mqtt.asyncapi``).
 
 Invariants:
 - a decision event carries ``schema = "edgegate.decision/1"``; fields are only ever added;
@@ -13,7 +14,7 @@ Invariants:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,23 +30,35 @@ DECISION_SCHEMA = "edgegate.decision/1"
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # Keys with a default are still always sent, so the JSON schema lists them as required.
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,
+    )
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode("utf-8")
 
 
-class ReasonOut(_Payload):
-    """``{"code", "epcs"?, "detail"?}`` — absent keys are omitted, not null (§9)."""
+class _Sparse(_Payload):
+    """A payload whose absent (None) fields are omitted from the JSON, not sent as null."""
 
-    code: str
-    epcs: tuple[str, ...] | None = None
-    detail: str | None = None
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
     @model_serializer(mode="wrap")
     def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
         data: dict[str, object] = handler(self)
         return {key: value for key, value in data.items() if value is not None}
+
+
+class ReasonOut(_Sparse):
+    """``{"code", "epcs"?, "detail"?}`` — absent keys are omitted, not null (§9)."""
+
+    code: str
+    epcs: tuple[str, ...] | None = None
+    detail: str | None = None
 
 
 class TagOut(_Payload):
@@ -99,14 +112,154 @@ class StatusPayload(_Payload):
     whitelist_seq: int | None = None
 
 
-class AlarmEvent(_Payload):
-    """``G/alarm`` (DESIGN.md §9): something an operator must look at."""
+class SeqRangeOut(_Payload):
+    counter: str
+    first: int
+    last: int
+    count: int
+
+
+class DroppedOut(_Payload):
+    """What an ``outbox_overflow`` alarm reports as dropped (never silently)."""
+
+    reason: Literal["max_rows", "max_age"]
+    count: int
+    ranges: tuple[SeqRangeOut, ...]
+    first_event_id: str
+    last_event_id: str
+    oldest_created_at: str
+    newest_created_at: str
+
+
+class AlarmEvent(_Sparse):
+    """``G/alarm`` (DESIGN.md §9): something an operator must look at.
+
+    ``dropped`` is present only on ``outbox_overflow`` alarms.
+    """
 
     event_id: str
     kind: str
     severity: Literal["info", "warning", "critical"]
     detail: str
     at: str
+    dropped: DroppedOut | None = None
+
+
+class WhitelistResync(_Payload):
+    """``G/whitelist/resync`` (DESIGN.md §9): the seq this gate has; null when it has none.
+
+    The back office answers on ``P/<site>/whitelist`` with the deltas after ``have_seq``
+    (the bytes it first published) or a snapshot (docs/whitelist.md).
+    """
+
+    have_seq: int | None
+    # Extension of §9 (optional): why the gate asks — "gap" or "empty".
+    reason: str
+
+
+class AckIn(BaseModel):
+    """``G/ack`` (``mqtt.ack = "app"``): the back office has these events; retire them."""
+
+    # Inbound: keys a newer back office adds are ignored, not refused.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_ids: tuple[Annotated[str, Field(min_length=1, max_length=128)], ...] = Field(
+        min_length=1, max_length=10_000
+    )
+
+
+class CommandReply(_Sparse):
+    """``G/cmd/reply`` (DESIGN.md §9): exactly one per well-formed command."""
+
+    command_id: str
+    ok: bool
+    error: str | None = None
+    result: dict[str, object] | None = None
+
+
+class AuditEvent(_Payload):
+    """``G/audit`` (extension of §9): an accepted state-changing command, before it acts."""
+
+    schema_id: str = Field(default="edgegate.audit/1", alias="schema")
+    event_id: str
+    command_id: str
+    name: str
+    operator: str | None
+    args: dict[str, str | int | float | bool | None]
+    at: str
+
+
+class ReaderHealth(_Payload):
+    name: str
+    connected: bool
+    frames: int
+    errors: int
+    resyncs: int
+    last_seen: str | None
+
+
+class OutboxHealth(_Payload):
+    depth: int
+    oldest_age_s: float | None
+    awaiting_ack: int
+    dropped: int
+
+
+class WhitelistHealth(_Payload):
+    seq: int | None
+    age_s: float | None
+    stale: bool
+
+
+class PassageHealth(_Payload):
+    decided: int
+    passed: int = Field(alias="pass")
+    held: int = Field(alias="hold")
+
+
+class MqttHealth(_Payload):
+    connected: bool
+    connects: int
+    published: int
+
+
+class ProcessHealth(_Payload):
+    rss_bytes: int | None
+    loop_lag_ms: float
+
+
+class HealthPayload(_Payload):
+    """``G/health`` (retained, QoS 0), every ``health.interval_s``.
+
+    ``loop_lag_ms`` is the worst event-loop lag seen since the previous heartbeat.
+    """
+
+    schema_id: str = Field(default="edgegate.health/1", alias="schema")
+    at: str
+    version: str
+    uptime_s: float
+    readers: tuple[ReaderHealth, ...]
+    outbox: OutboxHealth
+    whitelist: WhitelistHealth
+    passages: PassageHealth
+    mqtt: MqttHealth
+    process: ProcessHealth
+
+
+class ReadEvent(_Sparse):
+    """``G/reads`` (off by default): one raw observation, for debugging a lane."""
+
+    type: Literal["tag", "code", "beam", "reader_down", "reader_up"]
+    reader: str
+    at: str
+    epc: str | None = None
+    tid: str | None = None
+    antenna: int | None = None
+    rssi_dbm: float | None = None
+    value: str | None = None
+    beam: str | None = None
+    broken: bool | None = None
+    reason: str | None = None
 
 
 def instant(epoch_s: float) -> str:

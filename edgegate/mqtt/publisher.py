@@ -1,20 +1,29 @@
 """The publisher: the only module that speaks MQTT (aiomqtt). Drains the outbox to the broker.
 
-Owns the broker connection: connect with a Last Will (``G/status`` = offline, retained),
-announce ``online`` (retained) on every connect, publish outbox rows oldest first at QoS 1
-with a bounded in-flight window, retire each row only after its PUBACK, and reconnect with
-capped exponential backoff plus jitter. On :meth:`Publisher.shutdown` it drains what it can
-within a deadline and announces ``stopped`` (retained) before disconnecting.
+Owns the broker connection: connect (optionally over mutual TLS) with a Last Will
+(``G/status`` = offline, retained), subscribe and announce ``online`` (retained) on every
+connect, publish outbox rows oldest first at QoS 1 through a sliding in-flight window, and
+reconnect with capped exponential backoff plus jitter. On :meth:`Publisher.shutdown` it
+drains what it can within a deadline and announces ``stopped`` (retained) before
+disconnecting.
+
+Delivery (DESIGN.md §10): with ``ack = "puback"`` a row is deleted once the broker's PUBACK
+for it is in; with ``ack = "app"`` the PUBACK only marks it sent, and it is deleted when the
+back office names its ``event_id`` on ``G/ack`` — a sent row still unacknowledged after
+``ack_timeout_s``, or at the next connect, is published again. The backlog found at connect
+(after an outage or a restart) is replayed at ``replay_rate_per_s``; events committed after
+the connect follow at once.
 
 Invariants:
 - a row is retired only after the broker acknowledged it (at-least-once; consumers
-  de-duplicate by ``event_id``);
+  de-duplicate by ``event_id``); a row is never in flight twice at once;
 - after every (re)connect every unretired row is published again, oldest first;
 - publishing and message iteration share one TaskGroup, so a lost connection aborts the
-  publishes in flight at once instead of letting them wait for a timeout.
+  publishes in flight at once instead of letting them wait for a timeout;
+- input from the network (acks, commands) never takes the connection down.
 
-:func:`subscribe` is the read side for tools that watch a gate (``edgegate demo``); it lives
-here so that this stays the one module that imports aiomqtt.
+:func:`subscribe` is the read side for tools that watch a gate (``edgegate demo``,
+``edgegate watch``); it lives here so that this stays the one module that imports aiomqtt.
 """
 
 from __future__ import annotations
@@ -24,19 +33,22 @@ import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import aiomqtt
 import structlog
+from pydantic import ValidationError
 
 from edgegate.mqtt.outbox import AsyncOutbox, OutboxRow
-from edgegate.mqtt.payloads import StatusPayload, instant
+from edgegate.mqtt.payloads import AckIn, StatusPayload, instant
 from edgegate.mqtt.topics import Topics
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 SHUTDOWN_DRAIN_S = 3.0
+MAX_ACK_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +58,15 @@ class PublisherSettings:
     client_id: str
     keepalive_s: int = 30
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls_context: ssl.SSLContext | None = None
     window: int = 64
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 10.0
+    ack: Literal["puback", "app"] = "puback"
+    ack_timeout_s: float = 60.0
+    # 0 = no limit.
+    replay_rate_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +84,57 @@ class Subscription:
     qos: int = 1
 
 
+class TokenBucket:
+    """Paces :meth:`take` to ``rate_per_s`` on average, in bursts of at most ``burst``."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._rate = rate_per_s
+        self._burst = max(1.0, burst)
+        self._tokens = self._burst
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+
+    async def take(self) -> None:
+        if self._rate <= 0:
+            return
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        # Take on credit and wait the debt off: one sleep per take, however the clock rounds.
+        self._tokens -= 1
+        if self._tokens < 0:
+            await self._sleep(-self._tokens / self._rate)
+
+
 class _ShutdownRequestedError(Exception):
     """Raised inside the connection's TaskGroup to leave it cleanly on shutdown."""
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One connection's rows between publish and retirement."""
+
+    window: asyncio.Semaphore
+    in_flight: set[int] = field(default_factory=set)
+    acked: list[int] = field(default_factory=list)
+    acked_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self, row_id: int) -> None:
+        self.in_flight.add(row_id)
+        self.settled.clear()
+
+    def done(self, row_ids: Sequence[int]) -> None:
+        self.in_flight.difference_update(row_ids)
+        if not self.in_flight:
+            self.settled.set()
 
 
 class Publisher:
@@ -87,14 +152,24 @@ class Publisher:
         self._outbox = outbox
         self._version = version
         self._whitelist_seq = whitelist_seq
-        self._subscriptions = tuple(subscriptions)
+        own = (Subscription(topics.ack, self._on_ack),) if settings.ack == "app" else ()
+        self._subscriptions = (*subscriptions, *own)
         self._client: aiomqtt.Client | None = None
-        self.handler_errors = 0
+        self._flight: _Flight | None = None
         self._since = instant(time.time())
         self._stopping = asyncio.Event()
         self.connected = False
-        self.published = 0
         self.connects = 0
+        self.published = 0
+        self.handler_errors = 0
+        self.acked = 0
+        self.acks_rejected = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Rows published on the current connection whose PUBACK is not yet settled."""
+        flight = self._flight
+        return len(flight.in_flight) if flight is not None and self.connected else 0
 
     def shutdown(self) -> None:
         """Ask :meth:`run` to drain, announce ``stopped`` and return."""
@@ -105,6 +180,7 @@ class Publisher:
     async def run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
+            connects = self.connects
             error: aiomqtt.MqttError | None = None
             try:
                 await self._session()
@@ -112,8 +188,8 @@ class Publisher:
                 error = group.exceptions[0]  # type: ignore[assignment]
             if error is None:
                 return
-            self.connected = False
-            attempt += 1
+            # A connection that came up starts the backoff afresh.
+            attempt = 1 if self.connects != connects else attempt + 1
             delay = _backoff(attempt, self._settings.backoff_base_s, self._settings.backoff_cap_s)
             log.warning("mqtt.disconnected", error=str(error), retry_in_s=round(delay, 2))
             if await _wait_or_timeout(self._stopping, delay):
@@ -144,28 +220,54 @@ class Publisher:
             # A persistent session: the broker queues QoS 1 messages for our subscriptions
             # (whitelist deltas, commands) while the gate is offline.
             clean_session=False,
+            # paho's own limit is 20; ours is the window, so that it means what it says.
+            max_inflight_messages=s.window,
             will=aiomqtt.Will(self._topics.status, self._status("offline"), qos=1, retain=True),
         )
+        # aiomqtt warns past 10 calls awaiting their ack; a full window is the normal case.
+        client.pending_calls_threshold = s.window + len(self._subscriptions) + 2
+        flight = self._flight = _Flight(asyncio.Semaphore(s.window))
+        flight.settled.set()
         async with client:
             self.connected = True
             self.connects += 1
             log.info("mqtt.connected", host=s.host, port=s.port, client_id=s.client_id)
-            for subscription in self._subscriptions:
-                await client.subscribe(subscription.topic_filter, qos=subscription.qos)
-            await client.publish(self._topics.status, self._status("online"), qos=1, retain=True)
-            self._client = client
             try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._dispatch(client), name="mqtt-messages")
-                    group.create_task(self._drain_forever(client), name="mqtt-drain")
-            except* _ShutdownRequestedError:
-                pass
+                await self._announce(client)
+                replay_until = await self._outbox.last_id()
+                self._client = client
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._dispatch(client), name="mqtt-messages")
+                        group.create_task(
+                            self._drain(client, flight, replay_until, group), name="mqtt-drain"
+                        )
+                        group.create_task(self._settle_forever(flight), name="mqtt-settle")
+                        group.create_task(self._shutdown_deadline(), name="mqtt-deadline")
+                except* _ShutdownRequestedError:
+                    pass
+                finally:
+                    # PUBACKs already in are not wasted on a lost connection: settle them now.
+                    await self._settle(flight)
             finally:
                 self._client = None
-            await self._drain_once(client, deadline_s=SHUTDOWN_DRAIN_S)
-            await client.publish(self._topics.status, self._status("stopped"), qos=1, retain=True)
-            self.connected = False
+                self.connected = False
+            await client.publish(
+                self._topics.status,
+                self._status("stopped"),
+                qos=1,
+                retain=True,
+                timeout=SHUTDOWN_DRAIN_S,
+            )
             log.info("mqtt.stopped")
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        """Subscribe, say ``online`` (retained) and, with app acks, make every sent row due."""
+        for subscription in self._subscriptions:
+            await client.subscribe(subscription.topic_filter, qos=subscription.qos)
+        await client.publish(self._topics.status, self._status("online"), qos=1, retain=True)
+        if self._settings.ack == "app":
+            await self._outbox.unsend_all()
 
     async def publish_now(
         self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False
@@ -182,7 +284,7 @@ class Publisher:
 
     async def _dispatch(self, client: aiomqtt.Client) -> None:
         # Iterating messages raises MqttError as soon as paho sees the connection drop,
-        # which cancels the drain task and its in-flight publishes with it.
+        # which cancels the drain and its in-flight publishes with it.
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             for subscription in self._subscriptions:
@@ -198,38 +300,93 @@ class Publisher:
                         error=f"{type(exc).__name__}: {exc}",
                     )
 
-    async def _drain_forever(self, client: aiomqtt.Client) -> None:
+    async def _drain(
+        self,
+        client: aiomqtt.Client,
+        flight: _Flight,
+        replay_until: int,
+        group: asyncio.TaskGroup,
+    ) -> None:
+        """Feed rows into the window, oldest first; the backlog at ``replay_rate_per_s``."""
+        s = self._settings
         wake = self._outbox.appended
+        replay = TokenBucket(s.replay_rate_per_s, burst=min(s.window, s.replay_rate_per_s))
+        idle_check_s = max(0.05, min(1.0, s.ack_timeout_s / 4)) if s.ack == "app" else None
+        cursor = 0
         while True:
             wake.clear()
-            if await self._publish_batch(client):
+            rows = await self._outbox.pending(s.window, after_id=cursor)
+            resend = False
+            if rows:
+                cursor = rows[-1].id
+            elif s.ack == "app":
+                overdue = await self._outbox.overdue(
+                    time.time() - s.ack_timeout_s, s.window + len(flight.in_flight)
+                )
+                rows = [row for row in overdue if row.id not in flight.in_flight]
+                resend = True
+            if not rows:
+                if self._stopping.is_set():
+                    await flight.settled.wait()
+                    raise _ShutdownRequestedError
+                await _wait_or_timeout(wake, idle_check_s)
                 continue
-            if self._stopping.is_set():
-                raise _ShutdownRequestedError
-            await wake.wait()
-
-    async def _drain_once(self, client: aiomqtt.Client, deadline_s: float) -> None:
-        try:
-            async with asyncio.timeout(deadline_s):
-                while await self._publish_batch(client):
-                    pass
-        except TimeoutError:
-            log.warning("mqtt.shutdown_drain_incomplete", deadline_s=deadline_s)
-
-    async def _publish_batch(self, client: aiomqtt.Client) -> bool:
-        """Publish up to one window of rows; returns whether there were any."""
-        rows = await self._outbox.pending(self._settings.window)
-        if not rows:
-            return False
-        async with asyncio.TaskGroup() as group:
             for row in rows:
-                group.create_task(self._publish(client, row), name=f"publish-{row.id}")
-        await self._outbox.retire([row.id for row in rows])
-        self.published += len(rows)
-        return True
+                await flight.window.acquire()
+                if resend or row.id <= replay_until:
+                    await replay.take()
+                flight.start(row.id)
+                group.create_task(self._publish(client, row, flight), name=f"publish-{row.id}")
 
-    async def _publish(self, client: aiomqtt.Client, row: OutboxRow) -> None:
+    async def _publish(self, client: aiomqtt.Client, row: OutboxRow, flight: _Flight) -> None:
         await client.publish(row.topic, row.payload, qos=row.qos)
+        flight.window.release()
+        flight.acked.append(row.id)
+        flight.acked_ready.set()
+
+    async def _settle_forever(self, flight: _Flight) -> None:
+        while True:
+            await flight.acked_ready.wait()
+            await self._settle(flight)
+
+    async def _settle(self, flight: _Flight) -> None:
+        """Retire (or mark sent) every PUBACK'd row in one transaction."""
+        flight.acked_ready.clear()
+        ids, flight.acked = flight.acked, []
+        if not ids:
+            return
+        if self._settings.ack == "app":
+            await self._outbox.mark_sent(ids)
+        else:
+            await self._outbox.retire(ids)
+        flight.done(ids)
+        self.published += len(ids)
+
+    async def _shutdown_deadline(self) -> None:
+        await self._stopping.wait()
+        await asyncio.sleep(SHUTDOWN_DRAIN_S)
+        log.warning("mqtt.shutdown_drain_incomplete", deadline_s=SHUTDOWN_DRAIN_S)
+        raise _ShutdownRequestedError
+
+    async def _on_ack(self, topic: str, payload: bytes) -> None:
+        """``G/ack``: delete what the back office has; a malformed ack is counted, ignored."""
+        try:
+            if len(payload) > MAX_ACK_BYTES:
+                raise ValueError(f"ack of {len(payload)} bytes exceeds {MAX_ACK_BYTES}")
+            ack = AckIn.model_validate_json(payload)
+        except (ValueError, ValidationError) as exc:
+            self.acks_rejected += 1
+            log.warning("mqtt.ack_rejected", topic=topic, error=_one_line(exc))
+            return
+        self.acked += await self._outbox.acknowledge(ack.event_ids)
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "payload"
+        return f"{where}: {first['msg']}"
+    return str(exc)
 
 
 def _backoff(attempt: int, base_s: float, cap_s: float) -> float:
@@ -237,7 +394,7 @@ def _backoff(attempt: int, base_s: float, cap_s: float) -> float:
     return random.uniform(0, min(cap_s, base_s * 2 ** min(attempt, 16)))
 
 
-async def _wait_or_timeout(event: asyncio.Event, timeout_s: float) -> bool:
+async def _wait_or_timeout(event: asyncio.Event, timeout_s: float | None) -> bool:
     try:
         async with asyncio.timeout(timeout_s):
             await event.wait()
@@ -252,15 +409,35 @@ class Received:
     payload: bytes
 
 
+class SubscriptionError(Exception):
+    """A watching tool's connection failed or was lost; the message says why."""
+
+
 async def subscribe(
-    host: str, port: int, topic_filters: list[str], ready: asyncio.Event | None = None
+    host: str,
+    port: int,
+    topic_filters: list[str],
+    ready: asyncio.Event | None = None,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Received]:
-    """Messages on ``topic_filters`` for tools that watch a gate (demo, watch), QoS 1."""
-    async with aiomqtt.Client(host, port) as client:
-        for topic_filter in topic_filters:
-            await client.subscribe(topic_filter, qos=1)
-        if ready is not None:
-            ready.set()
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            yield Received(topic=str(message.topic), payload=payload)
+    """Messages on ``topic_filters`` for tools that watch a gate (demo, watch), QoS 1.
+
+    Raises :class:`SubscriptionError` when the broker cannot be reached or goes away, so
+    that callers never need to know the MQTT client library.
+    """
+    try:
+        async with aiomqtt.Client(
+            host, port, username=username, password=password, tls_context=tls_context
+        ) as client:
+            for topic_filter in topic_filters:
+                await client.subscribe(topic_filter, qos=1)
+            if ready is not None:
+                ready.set()
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                yield Received(topic=str(message.topic), payload=payload)
+    except aiomqtt.MqttError as exc:
+        raise SubscriptionError(str(exc) or type(exc).__name__) from exc

@@ -40,6 +40,11 @@ class Topics:
         return f"{self.gate}/reads"
 
     @property
+    def epcis(self) -> str:
+        """One EPCIS 2.0 document per decided passage — an extension of §9 (opt-in)."""
+        return f"{self.gate}/epcis"
+
+    @property
     def cmd(self) -> str:
         return f"{self.gate}/cmd"
 

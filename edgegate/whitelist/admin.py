@@ -15,11 +15,15 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TextIO
 
 from edgegate.config import WhitelistConfig
 from edgegate.whitelist.bundle import (
@@ -35,8 +39,14 @@ from edgegate.whitelist.bundle import (
     verify_bundle,
 )
 from edgegate.whitelist.errors import BundleError, RejectReason
+from edgegate.whitelist.freshness import format_age, freshness
 from edgegate.whitelist.records import RecordType, format_timestamp, normalize_epc, to_json
+from edgegate.whitelist.source import BundleFile, SourceError, open_bundle_file
 from edgegate.whitelist.store import DB_NAME, StoreError, WhitelistStore
+
+# Bundle files may be far larger than MQTT payloads: they are mapped, not read (a 10M-item
+# snapshot is ~3.5 GB). The bound stops a gzip bomb from filling the disk.
+FILE_MAX_BYTES = 64 * 1024**3
 
 
 class AdminError(Exception):
@@ -45,6 +55,51 @@ class AdminError(Exception):
     def __init__(self, message: str, reason: RejectReason | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class Progress(Protocol):
+    """Hears how a long import goes (``whitelist import`` draws it on the terminal)."""
+
+    def stage(self, what: str) -> None: ...
+
+    def records(self, done: int, total: int) -> None: ...
+
+    def done(self) -> None: ...
+
+
+class TerminalProgress:
+    """One status line on a terminal, redrawn in place at most every ``interval_s``."""
+
+    def __init__(self, stream: TextIO = sys.stderr, interval_s: float = 0.25) -> None:
+        self._stream = stream
+        self._interval_s = interval_s
+        self._started = time.monotonic()
+        self._drawn_at = 0.0
+        self._width = 0
+
+    def stage(self, what: str) -> None:
+        self._draw(f"{what}...")
+
+    def records(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._drawn_at < self._interval_s and done < total:
+            return
+        elapsed = now - self._started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        percent = 100.0 * done / total if total else 100.0
+        self._draw(f"applied {done:,} / {total:,} records ({percent:.0f}%, {rate:,.0f}/s)")
+
+    def done(self) -> None:
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+
+    def _draw(self, text: str) -> None:
+        self._drawn_at = time.monotonic()
+        line = f"edgegate: {text}"
+        self._stream.write("\r" + line.ljust(self._width))
+        self._stream.flush()
+        self._width = max(self._width, len(line))
 
 
 def keygen(out: Path) -> str:
@@ -82,26 +137,54 @@ def sign(body_path: Path, key_path: Path) -> bytes:
 def verify(bundle_path: Path, keys: TrustedKeys) -> str:
     """A one-line summary of a bundle whose signature, header and every record are valid."""
     try:
-        verified = verify_bundle(_read(bundle_path), keys)
-        _check_records(verified)
+        with _opened(bundle_path, spool_dir=None) as source:
+            verified = verify_bundle(source.data, keys, max_bytes=FILE_MAX_BYTES)
+            _check_records(verified)
+            return f"ok: {_describe(verified)}"
     except BundleError as exc:
         raise AdminError(f"{bundle_path}: rejected: {exc}", exc.reason) from None
-    return f"ok: {_describe(verified)}"
 
 
-def import_bundle(bundle_path: Path, keys: TrustedKeys, site: str, state_dir: Path) -> str:
-    """Verify and apply a bundle to ``state_dir``'s whitelist, as the daemon would."""
-    data = _read(bundle_path)
+def import_bundle(
+    bundle_path: Path,
+    keys: TrustedKeys,
+    site: str,
+    state_dir: Path,
+    progress: Progress | None = None,
+) -> str:
+    """Verify and apply a bundle to ``state_dir``'s whitelist, as the daemon would.
+
+    The file is mapped, not read (see :mod:`edgegate.whitelist.source`), so a snapshot of
+    millions of items imports in bounded memory; ``progress`` hears how far it got.
+    """
     try:
-        verified = verify_bundle(data, keys)
-        with WhitelistStore.open(state_dir) as store:
-            result = store.apply(
-                verified, site=site, sha256=hashlib.sha256(data).hexdigest(), now=datetime.now(UTC)
-            )
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdminError(f"{state_dir}: cannot create the directory: {exc.strerror}") from None
+    try:
+        with _opened(bundle_path, spool_dir=state_dir) as source:
+            if progress is not None:
+                progress.stage(f"verifying {source.size:,} bytes")
+            verified = verify_bundle(source.data, keys, max_bytes=FILE_MAX_BYTES)
+            total = verified.header.count
+            with WhitelistStore.open(state_dir, bulk=True) as store:
+                result = store.apply(
+                    verified,
+                    site=site,
+                    sha256=source.sha256,
+                    now=datetime.now(UTC),
+                    progress=None if progress is None else lambda n: progress.records(n, total),
+                )
+                if progress is not None:
+                    progress.stage("checkpointing")
+                store.checkpoint()
     except BundleError as exc:
         raise AdminError(f"{bundle_path}: rejected: {exc}", exc.reason) from None
     except StoreError as exc:
         raise AdminError(str(exc)) from None
+    finally:
+        if progress is not None:
+            progress.done()
     previous = "none" if result.previous_seq is None else str(result.previous_seq)
     counts = " ".join(f"{rtype}={result.counts[rtype]}" for rtype in RecordType)
     return (
@@ -123,6 +206,44 @@ def show(epc: str, state_dir: Path) -> str | None:
     except StoreError as exc:
         raise AdminError(str(exc)) from None
     return None if item is None else json.dumps(to_json(item), indent=2, ensure_ascii=False)
+
+
+def stats(config: WhitelistConfig, state_dir: Path) -> str:
+    """``whitelist stats``: what is loaded, how old it is, and counts per type and status."""
+    if not (state_dir / DB_NAME).exists():
+        raise AdminError(f"{state_dir / DB_NAME}: no whitelist yet (import a bundle first)")
+    try:
+        with WhitelistStore.open(state_dir) as store:
+            state = store.state()
+            statuses = store.item_status_counts()
+            history = store.history(limit=5)
+    except StoreError as exc:
+        raise AdminError(str(exc)) from None
+    fresh = freshness(state.issued_at, datetime.now(UTC), config.max_age_s)
+
+    def when(at: datetime | None) -> str:
+        return "-" if at is None else format_timestamp(at)
+
+    verdict = "STALE" if fresh.stale else "fresh"
+    lines = [
+        f"site        {state.site or '-'}",
+        f"seq         {'-' if state.seq is None else state.seq}",
+        f"issued_at   {when(state.issued_at)}",
+        f"applied_at  {when(state.applied_at)}",
+        f"age         {format_age(fresh.age_s)} ({verdict}; max_age_s {config.max_age_s}, "
+        f"stale_policy {config.stale_policy})",
+        "records     " + "  ".join(f"{rtype}={state.counts[rtype]:,}" for rtype in RecordType),
+        "items by status  "
+        + ("  ".join(f"{status}={n:,}" for status, n in sorted(statuses.items())) or "-"),
+    ]
+    if history:
+        lines.append("recent bundles (newest first):")
+        lines += [
+            f"  seq {h.seq:<8} {h.kind:<8} {h.records:>10,} records  "
+            f"applied {format_timestamp(h.applied_at)}  sha256 {h.sha256[:16]}  key {h.key_id}"
+            for h in history
+        ]
+    return "\n".join(lines)
 
 
 def keys_from_file(path: Path) -> TrustedKeys:
@@ -160,6 +281,15 @@ def _describe(bundle: VerifiedBundle) -> str:
         f"issued_at={format_timestamp(h.issued_at)} "
         f"issuer={h.issuer!r} key_id={bundle.key_id}"
     )
+
+
+@contextmanager
+def _opened(path: Path, *, spool_dir: Path | None) -> Iterator[BundleFile]:
+    try:
+        with open_bundle_file(path, max_bytes=FILE_MAX_BYTES, spool_dir=spool_dir) as source:
+            yield source
+    except SourceError as exc:
+        raise AdminError(str(exc)) from None
 
 
 def _read(path: Path) -> bytes:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
-from typing import NoReturn, TypeVar
+from typing import NoReturn, TypeVar, cast
 
 from edgegate.gate.model import Direction, ItemRecord
 from edgegate.whitelist.errors import BundleError, RejectReason
@@ -131,6 +131,65 @@ class Delete:
 
 Entry = Record | Delete
 
+# An item as a row of column values, in this order (the store's ``items`` columns).
+# Bulk paths (import, batch lookup) move rows, not records: building a frozen dataclass
+# costs more than validating the line it came from.
+ITEM_ROW_FIELDS = (
+    "epc",
+    "tid",
+    "trace_code",
+    "sku",
+    "gtin",
+    "owner",
+    "status",
+    "directions",
+    "destinations",
+    "conversion_ref",
+    "declare_by",
+    "valid_until",
+)
+ItemRow = tuple[
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    tuple[str, ...],
+    tuple[str, ...],
+    str | None,
+    str | None,
+    str | None,
+]
+
+
+def item_from_row(row: ItemRow) -> ItemRecord:
+    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = row
+    # Positional, in ItemRecord's field order (cheaper than keywords on the lookup path).
+    return ItemRecord(
+        epc, sku, status, owner, tid, trace, gtin, directions, destinations, conv, declare, valid
+    )
+
+
+def item_to_row(record: ItemRecord) -> ItemRow:
+    r = record
+    return (
+        r.epc,
+        r.tid,
+        r.trace_code,
+        r.sku,
+        r.gtin,
+        r.owner,
+        r.status,
+        r.directions,
+        r.destinations,
+        r.conversion_ref,
+        r.declare_by,
+        r.valid_until,
+    )
+
+
 KEY_FIELDS: Mapping[RecordType, str] = {
     RecordType.ITEM: "epc",
     RecordType.PASS: "pass_no",
@@ -208,10 +267,11 @@ def parse_record(obj: object, *, delta: bool) -> Entry:
     if not isinstance(obj, dict):
         raise BundleError(RejectReason.MALFORMED_JSON, "a record must be a JSON object")
     raw_type = obj.get("type")
-    try:
-        rtype = RecordType(raw_type) if isinstance(raw_type, str) else None
-    except ValueError:
-        rtype = None
+    if raw_type == "item":
+        row = clean_item_row(obj, delta=delta)
+        if row is not None:
+            return item_from_row(row)
+    rtype = _RECORD_TYPES.get(raw_type) if isinstance(raw_type, str) else None
     if rtype is None:
         raise BundleError(
             RejectReason.UNKNOWN_RECORD_TYPE, f"unknown record type {_show(raw_type)}"
@@ -405,6 +465,117 @@ def _item(f: _Fields, key: str) -> ItemRecord:
         declare_by=f.timestamp("declare_by"),
         valid_until=f.timestamp("valid_until"),
     )
+
+
+_RECORD_TYPES: Mapping[str, RecordType] = {member.value: member for member in RecordType}
+_STATUSES: Mapping[str, ItemStatus] = {member.value: member for member in ItemStatus}
+# Direction lists as they appear in practice; anything else takes the general path.
+_CLEAN_DIRECTIONS: Mapping[tuple[str, ...], tuple[str, ...]] = {
+    (): (),
+    ("in",): (Direction.IN,),
+    ("out",): (Direction.OUT,),
+    ("in", "out"): _DIRECTIONS,
+    ("out", "in"): (Direction.OUT, Direction.IN),
+}
+# Valid timestamps and destination lists already seen: a snapshot repeats a few thousand
+# distinct values millions of times. Bounded so that hostile input cannot grow them.
+_SEEN_LIMIT = 4096
+_seen_timestamps: set[str] = set()
+_seen_destinations: dict[tuple[str, ...], tuple[str, ...]] = {(): ()}
+
+
+def clean_item_row(obj: Mapping[str, object], *, delta: bool) -> ItemRow | None:
+    """An item upsert line in its usual clean shape as a row; None sends it the general way.
+
+    A snapshot is mostly item lines, so this is the hot path of a multi-million-record
+    import: it checks cheaply and builds no record object. It accepts only lines that
+    :func:`parse_record` accepts, with the same values (a property test holds it to that);
+    every doubt, and every fault, is left to :func:`parse_record`, which also words the error.
+    """
+    get = obj.get
+    op = get("op")
+    if get("type") != "item" or not (op == "upsert" if delta else op is None):
+        return None
+    epc, tid = get("epc"), get("tid")
+    if type(epc) is not str or not _EPC.fullmatch(epc):  # upper-case only; else normalise
+        return None
+    if tid is not None and (type(tid) is not str or not _TID.fullmatch(tid)):
+        return None
+    texts = (get("trace_code"), get("sku"), get("gtin"), get("owner"), get("conversion_ref"))
+    for text in texts:
+        if text is not None and (type(text) is not str or not text):
+            return None
+    status = get("status")
+    if type(status) is not str or status not in _STATUSES:
+        return None
+    raw_directions = get("directions")
+    if raw_directions is None:
+        directions: tuple[str, ...] | None = _DIRECTIONS
+    elif type(raw_directions) is list:
+        try:
+            directions = _CLEAN_DIRECTIONS.get(tuple(raw_directions))
+        except TypeError:  # an unhashable element: not a list of strings
+            return None
+    else:
+        return None
+    destinations = _clean_destinations(get("destinations"))
+    declare_by, valid_until = get("declare_by"), get("valid_until")
+    if directions is None or destinations is None:
+        return None
+    if not (_clean_timestamp(declare_by) and _clean_timestamp(valid_until)):
+        return None
+    trace_code, sku, gtin, owner, conversion_ref = texts
+    # Every value was checked above to be None or a non-empty str.
+    return cast(
+        ItemRow,
+        (
+            epc,
+            tid,
+            trace_code,
+            sku,
+            gtin,
+            owner,
+            _STATUSES[status],
+            directions,
+            destinations,
+            conversion_ref,
+            declare_by,
+            valid_until,
+        ),
+    )
+
+
+def _clean_destinations(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return ()
+    if type(value) is not list:
+        return None
+    try:
+        key = tuple(value)
+        seen = _seen_destinations.get(key)
+    except TypeError:  # an unhashable element
+        return None
+    if seen is not None:
+        return seen
+    if not all(type(entry) is str and entry for entry in key):
+        return None
+    if len(_seen_destinations) < _SEEN_LIMIT:
+        _seen_destinations[key] = key
+    return key
+
+
+def _clean_timestamp(value: object) -> bool:
+    if value is None:
+        return True
+    if type(value) is not str:
+        return False
+    if value in _seen_timestamps:
+        return True
+    if parse_timestamp(value) is None:
+        return False
+    if len(_seen_timestamps) < _SEEN_LIMIT:
+        _seen_timestamps.add(value)
+    return True
 
 
 def _pass(f: _Fields, key: str) -> PassRecord:

@@ -16,7 +16,13 @@ Layout, and why:
   :func:`records.parse_record`, the same validation a bundle line goes through;
 - ``counts`` keeps the row count per record type, maintained by each apply, so reporting the
   state never scans millions of rows; ``meta`` is the single row describing what is loaded;
-  ``history`` records every applied bundle (sequence, digest, signer) for audit.
+  ``history`` records every applied bundle (sequence, digest, signer) for audit;
+- a snapshot's items are staged in a TEMP table in bundle order and moved into ``items``
+  sorted by EPC in the same transaction: ten million keys inserted in arrival order would
+  touch a random B-tree page each, sorted they fill pages one after another;
+- memory: the daemon's connections keep small page caches and never map the file, so its
+  RSS does not grow with the whitelist; ``open(bulk=True)`` (``whitelist import``) trades
+  memory for speed.
 
 Invariants:
 - an apply is one ``BEGIN IMMEDIATE`` transaction: either the whole bundle is applied and
@@ -43,20 +49,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import cast
 
 from edgegate.gate.model import ItemRecord
 from edgegate.whitelist.bundle import BundleKind, VerifiedBundle
 from edgegate.whitelist.errors import BundleError, RejectReason
 from edgegate.whitelist.records import (
+    ITEM_ROW_FIELDS,
     Delete,
     DestinationRecord,
     EnterpriseRecord,
     Entry,
+    ItemRow,
     PassRecord,
     Record,
     RecordType,
     VehicleRecord,
     format_timestamp,
+    item_from_row,
+    item_to_row,
     parse_record,
     parse_timestamp,
     record_key,
@@ -72,8 +83,12 @@ BATCH = 500
 BUSY_TIMEOUT_S = 10.0
 # Bounds the WAL file left on disk after a large import has been checkpointed.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-# Negative = KiB. A big page cache keeps a multi-million-row snapshot import from thrashing.
-WRITER_CACHE_KIB = 64 * 1024
+# Page caches, in KiB. The daemon's are small so that its memory does not grow with the
+# whitelist (items stay on disk and in the OS page cache; 16 MiB holds the interior pages of
+# a 10M-item B-tree, so a lookup reads one leaf). A bulk import (``whitelist import``) may
+# take more: the cache bounds both the pages it revisits and SQLite's sort of a snapshot.
+DAEMON_CACHE_KIB = 16 * 1024
+BULK_CACHE_KIB = 256 * 1024
 
 _SCHEMA = """
 CREATE TABLE items (
@@ -131,10 +146,10 @@ CREATE TABLE history (
 CREATE INDEX history_by_seq ON history (site, seq);
 """
 
-_ITEM_COLUMNS = (
-    "epc, tid, trace_code, sku, gtin, owner, status, directions, destinations, "
-    "conversion_ref, declare_by, valid_until"
-)
+_ITEM_COLUMNS = ", ".join(ITEM_ROW_FIELDS)
+# A snapshot's items on their way in (see _apply); a TEMP table, so never in whitelist.db.
+_STAGED = "temp.staged_items"
+_STAGE_SQL = f"INSERT INTO {_STAGED} VALUES ({', '.join('?' * len(ITEM_ROW_FIELDS))})"
 
 
 class StoreError(Exception):
@@ -150,6 +165,22 @@ class WhitelistState:
     issued_at: datetime | None
     applied_at: datetime | None
     counts: dict[RecordType, int]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBundle:
+    """One row of ``history``: a bundle that was applied, for audit and ``whitelist stats``."""
+
+    site: str
+    seq: int
+    kind: BundleKind
+    base_seq: int | None
+    issued_at: datetime
+    issuer: str
+    key_id: str
+    sha256: str
+    records: int
+    applied_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +206,7 @@ class _Layout:
     scope: tuple[str, ...]
     upsert_sql: str
     row: Callable[[Record], tuple[object, ...]]
+    key_index: int  # where the key sits in ``row``
 
     def where(self, keys: int) -> str:
         """The WHERE clause matching ``keys`` keys (one ``= ?`` or an ``IN`` list)."""
@@ -184,19 +216,25 @@ class _Layout:
 
 def _item_row(record: Record) -> tuple[object, ...]:
     assert isinstance(record, ItemRecord)
+    return _item_db_row(item_to_row(record))
+
+
+def _item_db_row(row: ItemRow) -> tuple[object, ...]:
+    """An item row as stored: the two lists as JSON text."""
+    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = row
     return (
-        record.epc,
-        record.tid,
-        record.trace_code,
-        record.sku,
-        record.gtin,
-        record.owner,
-        record.status,
-        _json_array(record.directions),
-        _json_array(record.destinations),
-        record.conversion_ref,
-        record.declare_by,
-        record.valid_until,
+        epc,
+        tid,
+        trace,
+        sku,
+        gtin,
+        owner,
+        status,
+        _json_array(directions),
+        _json_array(destinations),
+        conv,
+        declare,
+        valid,
     )
 
 
@@ -227,6 +265,7 @@ def _generic(rtype: RecordType) -> _Layout:
         scope=(rtype.value,),
         upsert_sql="INSERT OR REPLACE INTO records (type, key, body) VALUES (?, ?, ?)",
         row=_record_row,
+        key_index=1,
     )
 
 
@@ -238,6 +277,7 @@ _LAYOUTS: dict[RecordType, _Layout] = {
         scope=(),
         upsert_sql=f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) VALUES ({', '.join('?' * 12)})",
         row=_item_row,
+        key_index=0,
     ),
     RecordType.PASS: _Layout(
         table="passes",
@@ -247,6 +287,7 @@ _LAYOUTS: dict[RecordType, _Layout] = {
         upsert_sql="INSERT OR REPLACE INTO passes (pass_no, vehicle_tag, vehicle_no, body) "
         "VALUES (?, ?, ?, ?)",
         row=_pass_row,
+        key_index=0,
     ),
     RecordType.ENTERPRISE: _generic(RecordType.ENTERPRISE),
     RecordType.VEHICLE: _generic(RecordType.VEHICLE),
@@ -257,8 +298,16 @@ _LAYOUTS: dict[RecordType, _Layout] = {
 class WhitelistStore:
     """The whitelist database. Thread-safe; open with :meth:`open`, close when done."""
 
-    def __init__(self, path: Path, reader: sqlite3.Connection, writer: sqlite3.Connection):
+    def __init__(
+        self,
+        path: Path,
+        reader: sqlite3.Connection,
+        writer: sqlite3.Connection,
+        *,
+        bulk: bool = False,
+    ) -> None:
         self.path = path
+        self._bulk = bulk
         self._reader = reader
         self._writer = writer
         # One lock per connection: sqlite3 connections are not safe to share between threads
@@ -267,8 +316,12 @@ class WhitelistStore:
         self._write_lock = threading.Lock()
 
     @classmethod
-    def open(cls, state_dir: Path) -> WhitelistStore:
-        """Open (creating if needed) ``state_dir/whitelist.db``."""
+    def open(cls, state_dir: Path, *, bulk: bool = False) -> WhitelistStore:
+        """Open (creating if needed) ``state_dir/whitelist.db``.
+
+        ``bulk`` gives the writer a large page cache, for one-off imports of big snapshots;
+        the daemon opens without it and keeps its memory flat.
+        """
         path = state_dir / DB_NAME
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -281,18 +334,25 @@ class WhitelistStore:
             _query(writer, "PRAGMA journal_mode = WAL")
             writer.execute("PRAGMA synchronous = FULL")  # an applied bundle survives power loss
             writer.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            writer.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            writer.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB if bulk else DAEMON_CACHE_KIB}")
+            # A snapshot's staged items and SQLite's sort of them go to temporary files, not
+            # to memory, however SQLite was built.
+            writer.execute("PRAGMA temp_store = FILE")
             _ensure_schema(writer, path)
             reader = _connect(path)
             opened.append(reader)
             reader.execute("PRAGMA query_only = ON")
+            reader.execute(f"PRAGMA cache_size = -{DAEMON_CACHE_KIB}")
+            for conn in opened:
+                # Mapped database pages would count in the daemon's RSS; read them instead.
+                conn.execute("PRAGMA mmap_size = 0")
         except BaseException as exc:
             for conn in opened:
                 conn.close()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: cannot open the whitelist database: {exc}") from None
             raise
-        return cls(path, reader, writer)
+        return cls(path, reader, writer, bulk=bulk)
 
     def close(self) -> None:
         with self._read_lock, self._write_lock:
@@ -313,14 +373,21 @@ class WhitelistStore:
     # -- applying bundles ---------------------------------------------------------------
 
     def apply(
-        self, bundle: VerifiedBundle, *, site: str, sha256: str, now: datetime
+        self,
+        bundle: VerifiedBundle,
+        *,
+        site: str,
+        sha256: str,
+        now: datetime,
+        progress: Callable[[int], None] | None = None,
     ) -> ApplyResult:
         """Apply a verified bundle for this gate's ``site`` atomically, or change nothing.
 
         Raises :class:`BundleError` for a refused bundle, :class:`StoreError` when the database
         fails or stays locked by another writer. ``sha256`` is the digest of the bundle as
         received (kept in ``history``; it tells a redelivered bundle from a rollback); ``now``
-        is the wall-clock time of the apply.
+        is the wall-clock time of the apply. ``progress``, if given, is called with the
+        number of records applied so far after every batch (from the applying thread).
         """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
@@ -328,13 +395,27 @@ class WhitelistStore:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = _apply(conn, bundle, site=site, sha256=sha256, now=now)
+                result = _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                if not self._bulk:
+                    # Give back the pages a large apply pulled in: the daemon's memory stays
+                    # flat however big the deltas it applies.
+                    conn.execute("PRAGMA shrink_memory")
             return result
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (after a bulk import).
+
+        Waits for readers (up to the busy timeout); a gate's lookups are short, so this
+        only returns the disk space the WAL of a big snapshot took.
+        """
+        with self._write_lock, self._sqlite_errors("checkpoint"):
+            _query(self._writer, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- reading ------------------------------------------------------------------------
 
@@ -354,6 +435,31 @@ class WhitelistStore:
             counts=all_counts,
         )
 
+    def history(self, limit: int) -> list[AppliedBundle]:
+        """The last ``limit`` applied bundles, newest first."""
+        with self._reading() as conn:
+            rows = _query(
+                conn,
+                "SELECT site, seq, kind, base_seq, issued_at, issuer, key_id, sha256, records, "
+                "applied_at FROM history ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        return [
+            AppliedBundle(
+                site=str(site),
+                seq=_int(seq),
+                kind=BundleKind(str(kind)),
+                base_seq=None if base_seq is None else _int(base_seq),
+                issued_at=_instant(issued_at),
+                issuer=str(issuer),
+                key_id=str(kid),
+                sha256=str(sha),
+                records=_int(records),
+                applied_at=_instant(applied_at),
+            )
+            for site, seq, kind, base_seq, issued_at, issuer, kid, sha, records, applied_at in rows
+        ]
+
     def item_status_counts(self) -> dict[str, int]:
         """Items per status. Scans the items table: for ``whitelist stats``, not per passage."""
         with self._reading() as conn:
@@ -361,8 +467,13 @@ class WhitelistStore:
         return {str(status): _int(n) for status, n in rows}
 
     def lookup_items(self, epcs: Iterable[str]) -> dict[str, ItemRecord]:
-        """The known items among ``epcs`` (upper-case hex), read in one transaction."""
-        wanted = list(dict.fromkeys(epcs))
+        """The known items among ``epcs`` (upper-case hex), read in one transaction.
+
+        This is the batch lookup of a passage: all its EPCs in a few ``IN`` queries. Keys
+        go in sorted, so that SQLite walks the B-tree in order and neighbouring EPCs (one
+        pallet, one SKU) share the pages they live on.
+        """
+        wanted = sorted(set(epcs))
         found: dict[str, ItemRecord] = {}
         with self._reading() as conn:
             for chunk in _chunks(wanted):
@@ -440,7 +551,13 @@ class WhitelistStore:
 
 
 def _apply(
-    conn: sqlite3.Connection, bundle: VerifiedBundle, *, site: str, sha256: str, now: datetime
+    conn: sqlite3.Connection,
+    bundle: VerifiedBundle,
+    *,
+    site: str,
+    sha256: str,
+    now: datetime,
+    progress: Callable[[int], None] | None,
 ) -> ApplyResult:
     header = bundle.header
     if header.site != site:
@@ -456,9 +573,13 @@ def _apply(
     if snapshot:
         for table in ("items", "passes", "records"):
             conn.execute(f"DELETE FROM {table}")
+        # Items are staged in bundle order and moved into the table sorted at the end:
+        # inserting millions of keys in arbitrary order into the clustered B-tree touches
+        # a random page per row, while a sorted insert fills pages one after another.
+        conn.execute(f"CREATE TEMP TABLE {_STAGED} ({_ITEM_COLUMNS})")
     counts = _counts(_query(conn, "SELECT type, n FROM counts"))
     records = 0
-    for rtype, upserts, deletes in _batches(bundle.entries()):
+    for rtype, upserts, deletes in _batches(bundle.changes()):
         records += len(upserts) + len(deletes)
         layout = _LAYOUTS[rtype]
         if deletes:  # never in a snapshot: the parser refuses "op":"delete" there
@@ -466,10 +587,19 @@ def _apply(
         elif snapshot:
             # Into empty tables: one count at the end is exact (a key listed twice is one
             # row) and far cheaper than checking every batch for existing keys.
-            conn.executemany(layout.upsert_sql, [layout.row(r) for r in upserts])
+            sql = _STAGE_SQL if rtype is RecordType.ITEM else layout.upsert_sql
+            conn.executemany(sql, upserts)
         else:
             counts[rtype] += _upsert(conn, layout, upserts)
+        if progress is not None:
+            progress(records)
     if snapshot:
+        # rowid breaks ties: of a key listed twice, the later line wins, as it would inline.
+        conn.execute(
+            f"INSERT OR REPLACE INTO items ({_ITEM_COLUMNS}) "
+            f"SELECT {_ITEM_COLUMNS} FROM {_STAGED} ORDER BY epc, rowid"
+        )
+        conn.execute(f"DROP TABLE {_STAGED}")
         counts = _count_rows(conn)
 
     conn.executemany(
@@ -514,6 +644,14 @@ def _check_sequence(
             raise BundleError(
                 RejectReason.DUPLICATE, f"{header.kind} seq {header.seq} is already applied"
             )
+        if header.kind is BundleKind.SNAPSHOT and header.seq == current:
+            # The back office answers one gate's resync with a snapshot on the site-wide
+            # topic; every gate already at that seq (by deltas) has the very state it
+            # describes. Not applying it is right; alarming about it would be noise.
+            raise BundleError(
+                RejectReason.DUPLICATE,
+                f"snapshot seq {header.seq} describes the current seq {current}",
+            )
         raise BundleError(
             RejectReason.ROLLBACK,
             f"{header.kind} seq {header.seq} is not newer than the current seq {current}",
@@ -526,44 +664,59 @@ def _check_sequence(
         )
 
 
-def _batches(entries: Iterable[Entry]) -> Iterator[tuple[RecordType, list[Record], list[str]]]:
-    """Runs of consecutive entries of one type and op, in bundle order, at most BATCH long.
+_Row = tuple[object, ...]
 
-    Yields ``(type, upserts, deleted keys)`` with exactly one list non-empty. Keeping the
-    bundle's order matters: a delta may upsert and then delete the same key, or vice versa.
+
+def _batches(
+    changes: Iterable[Entry | ItemRow],
+) -> Iterator[tuple[RecordType, list[_Row], list[str]]]:
+    """Runs of consecutive changes of one type and op, in bundle order, at most BATCH long.
+
+    Yields ``(type, upserted rows, deleted keys)`` with exactly one list non-empty. Keeping
+    the bundle's order matters: a delta may upsert and then delete the same key, or vice
+    versa.
     """
     run_type: RecordType | None = None
-    upserts: list[Record] = []
+    run_delete = False
+    upserts: list[_Row] = []
     deletes: list[str] = []
-    for entry in entries:
-        if isinstance(entry, Delete):
-            rtype, is_delete = entry.type, True
+    item = RecordType.ITEM
+    for change in changes:
+        if type(change) is tuple:  # a clean item upsert, the bulk of any snapshot
+            if run_type is item and not run_delete and len(upserts) < BATCH:
+                upserts.append(_item_db_row(change))
+                continue
+            rtype, is_delete = item, False
+        elif isinstance(change, Delete):
+            rtype, is_delete = change.type, True
         else:
-            rtype, is_delete = record_type(entry), False
-        size = len(upserts) + len(deletes)
+            assert not isinstance(change, tuple)
+            rtype, is_delete = record_type(change), False
         if run_type is not None and (
-            rtype is not run_type or is_delete != bool(deletes) or size >= BATCH
+            rtype is not run_type or is_delete != run_delete or len(upserts) + len(deletes) >= BATCH
         ):
             yield run_type, upserts, deletes
             upserts, deletes = [], []
-        run_type = rtype
-        if isinstance(entry, Delete):
-            deletes.append(entry.key)
+        run_type, run_delete = rtype, is_delete
+        if isinstance(change, Delete):
+            deletes.append(change.key)
+        elif isinstance(change, tuple):
+            upserts.append(_item_db_row(change))
         else:
-            upserts.append(entry)
+            upserts.append(_LAYOUTS[rtype].row(change))
     if run_type is not None:
         yield run_type, upserts, deletes
 
 
-def _upsert(conn: sqlite3.Connection, layout: _Layout, records: list[Record]) -> int:
-    """Write ``records``; returns how many keys are new (the change in the row count)."""
-    keys = list({record_key(r) for r in records})
+def _upsert(conn: sqlite3.Connection, layout: _Layout, rows: list[_Row]) -> int:
+    """Write ``rows``; returns how many keys are new (the change in the row count)."""
+    keys = list({row[layout.key_index] for row in rows})
     (existing,) = _query(
         conn,
         f"SELECT count(*) FROM {layout.table} WHERE {layout.where(len(keys))}",
         (*layout.scope, *keys),
     )[0]
-    conn.executemany(layout.upsert_sql, [layout.row(r) for r in records])
+    conn.executemany(layout.upsert_sql, rows)
     return len(keys) - _int(existing)
 
 
@@ -626,21 +779,33 @@ def _item_select(keys: int) -> str:
 
 
 def _item_from_row(row: tuple[object, ...]) -> ItemRecord:
+    # Every column is TEXT written by _item_db_row (NULL where None); no conversions needed.
     epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = row
-    return ItemRecord(
-        epc=str(epc),
-        tid=_opt(tid),
-        trace_code=_opt(trace),
-        sku=_opt(sku),
-        gtin=_opt(gtin),
-        owner=_opt(owner),
-        status=str(status),
-        directions=tuple(json.loads(str(directions))),
-        destinations=tuple(json.loads(str(destinations))),
-        conversion_ref=_opt(conv),
-        declare_by=_opt(declare),
-        valid_until=_opt(valid),
+    return item_from_row(
+        cast(
+            ItemRow,
+            (
+                epc,
+                tid,
+                trace,
+                sku,
+                gtin,
+                owner,
+                status,
+                _json_tuple(cast(str, directions)),
+                _json_tuple(cast(str, destinations)),
+                conv,
+                declare,
+                valid,
+            ),
+        )
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_tuple(text: str) -> tuple[str, ...]:
+    # The inverse of _json_array, cached for the same reason: a few distinct lists.
+    return tuple(json.loads(text))
 
 
 def _record_from_json(body: object) -> Record:
@@ -666,6 +831,12 @@ def _count_rows(conn: sqlite3.Connection) -> dict[RecordType, int]:
 def _int(value: object) -> int:
     assert isinstance(value, int)  # an INTEGER column of our own schema
     return value
+
+
+def _instant(value: object) -> datetime:
+    at = parse_timestamp(str(value))
+    assert at is not None  # written by format_timestamp
+    return at
 
 
 def _opt(value: object) -> str | None:

@@ -14,16 +14,19 @@ Invariants:
   exactly its ``0xA0`` byte, so a genuine frame hidden behind a false header is still found;
 - a candidate is judged malformed, again costing only its ``0xA0``, as soon as its visible
   bytes rule it out: ``Len`` below 3, a ``Cmd`` that is not in :class:`Cmd`, or — for replies
-  to 89 / 8B — a ``Len`` that is neither an error, an end of round, nor ``7 +`` the EPC length
-  its PC word announces. Without this, a stray ``0xA0`` before the last frame of a round
-  would be read as a 160-byte ``Len`` and hold that frame back until the line, silent
-  between rounds, timed out;
+  to 89 / 8A / 8B — a ``Len`` that is neither an error, an end of round, an antenna fault
+  (8A only), nor ``7 +`` the EPC length its PC word announces. Without this, a stray
+  ``0xA0`` before the last frame of a round would be read as a 160-byte ``Len`` and hold
+  that frame back until the line, silent between rounds, timed out;
 - the ``encode_*`` functions only ever produce frames that decode back to what was encoded,
-  and raise ``ValueError`` for arguments that cannot be encoded.
+  and raise ``ValueError`` for arguments that cannot be encoded;
+- the ``decode_*`` functions, which read the data of a plain :class:`Reply` or
+  :class:`Request`, raise nothing but :class:`R2000Error` on any input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum, auto
 
@@ -34,11 +37,19 @@ MAX_FRAME_BYTES = 0xFF + 2
 
 # Addr, Cmd and Check are always present: the shortest frame is a request without data (72).
 _MIN_LEN = 3
-# Fixed `Len` values of the closing frames that answer 89 / 8B (PROTOCOLS.md §1, table). A
-# tag frame has Len = 7 + EPC bytes, and EPC bytes are a whole number of 16-bit words, so its
-# Len is odd and can never be mistaken for either of these.
+# Fixed `Len` values of the non-tag frames that answer 89 / 8A / 8B (PROTOCOLS.md §1, table
+# and the 8A notes below it). A tag frame has Len = 7 + EPC bytes >= 7, so it can never be
+# mistaken for 04 or 05, and EPC bytes are whole 16-bit words, so its Len is odd and never 0A.
 _ERROR_LEN = 0x04
-_ROUND_END_LEN = 0x0A
+_ANTENNA_FAULT_LEN = 0x05  # 8A only: AntID ErrCode, and the round goes on
+_ROUND_END_LEN = 0x0A  # 89 / 8B: AntID ReadRate TotalRead; 8A: TotalRead(3) CommandDuration(4)
+# 8A request data: four (antenna, stay) slots, then Interval and Repeat (§1).
+FAST_SWITCH_SLOTS = 4
+_FAST_SWITCH_DATA_LEN = 2 * FAST_SWITCH_SLOTS + 2
+_FAST_SWITCH_MAX_ANTENNA = 3  # "antenna > 3 disables a slot" (§1)
+_DISABLED_SLOT = (0xFF, 0x00)
+# R2000 modules are specified for 0-33 dBm output power.
+MAX_RF_POWER_DBM = 33
 # FreqAnt + PC + RSSI around the EPC in a tag frame's data (§1).
 _TAG_OVERHEAD = 4
 # A0 Len Addr Cmd FreqAnt PC: enough of a tag frame to check its Len against its PC.
@@ -87,8 +98,16 @@ class Status(IntEnum):
 
 
 # Commands whose replies are a stream of tag frames closed by an end-of-round or error frame.
-INVENTORY_COMMANDS = frozenset({Cmd.REAL_TIME_INVENTORY, Cmd.SESSION_INVENTORY})
+INVENTORY_COMMANDS = frozenset(
+    {Cmd.REAL_TIME_INVENTORY, Cmd.FAST_SWITCH_INVENTORY, Cmd.SESSION_INVENTORY}
+)
+# The inventory commands whose end of round is AntID ReadRate TotalRead (§1, table).
+ROUND_END_COMMANDS = frozenset({Cmd.REAL_TIME_INVENTORY, Cmd.SESSION_INVENTORY})
 _COMMANDS = frozenset(Cmd)
+
+
+class R2000Error(ValueError):
+    """Received data that does not fit its command (e.g. a 72 reply that is not two bytes)."""
 
 
 def checksum(data: bytes) -> int:
@@ -125,7 +144,7 @@ def _epc_length(pc: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class TagRead:
-    """One tag frame of an inventory round (reply to 89 / 8B)."""
+    """One tag frame of an inventory round (reply to 89 / 8A / 8B)."""
 
     address: int
     cmd: int
@@ -144,7 +163,7 @@ class TagRead:
 
 @dataclass(frozen=True, slots=True)
 class RoundEnd:
-    """The closing frame of a successful inventory round."""
+    """The closing frame of a successful 89 / 8B round."""
 
     address: int
     cmd: int
@@ -152,6 +171,29 @@ class RoundEnd:
     read_rate: int
     """Tags read per second, as the reader measured it."""
     total_reads: int
+
+
+@dataclass(frozen=True, slots=True)
+class FastSwitchEnd:
+    """The closing frame of a successful fast-switch (8A) round (§1, ``Len`` 0A)."""
+
+    address: int
+    cmd: int
+    total_reads: int
+    duration_ms: int
+    """How long the reader spent on the command, as it measured it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AntennaFault:
+    """An 8A slot whose antenna failed (§1, ``Len`` 05); the round goes on with the next slot."""
+
+    address: int
+    cmd: int
+    antenna: int
+    """0-based wire antenna of the slot."""
+    code: int
+    """Usually :attr:`Status.ANTENNA_MISSING`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +218,38 @@ class Reply:
     data: bytes
 
 
-HostEvent = TagRead | RoundEnd | ErrorReply | Reply
+HostEvent = TagRead | RoundEnd | FastSwitchEnd | AntennaFault | ErrorReply | Reply
+
+
+@dataclass(frozen=True, slots=True)
+class FirmwareVersion:
+    """The reply to 72: ``Major Minor``."""
+
+    major: int
+    minor: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+
+def decode_firmware_version(data: bytes) -> FirmwareVersion:
+    """The ``Data`` of a 72 reply; a one-byte reply is a failure status, not a version."""
+    if len(data) != 2:
+        raise R2000Error(f"a firmware version is 2 bytes (major, minor), got {data.hex()!r}")
+    return FirmwareVersion(data[0], data[1])
+
+
+def decode_rf_power(data: bytes) -> tuple[int, ...]:
+    """The ``Data`` of a 77 reply: one output power in dBm for every antenna, or one per port.
+
+    A single byte is the power of every antenna. Per-port replies (4 or 8 bytes) come from
+    readers that set each antenna's power separately.
+    """
+    if len(data) not in (1, 4, 8):
+        raise R2000Error(f"an RF power reply is 1, 4 or 8 bytes, got {data.hex()!r}")
+    if any(power > MAX_RF_POWER_DBM for power in data):
+        raise R2000Error(f"RF power above {MAX_RF_POWER_DBM} dBm in {data.hex()!r}")
+    return tuple(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,24 +399,65 @@ class R2000Host(_FrameReceiver):
         _require_byte("repeat", repeat)
         return encode_frame(self._address, Cmd.SESSION_INVENTORY, bytes((session, target, repeat)))
 
+    def fast_switch_inventory(
+        self, slots: Sequence[tuple[int, int]], interval_ms: int, repeat: int
+    ) -> bytes:
+        """Fast-switch antenna inventory (8A) over up to four ``(antenna, stay)`` slots.
+
+        ``antenna`` is 0-3 (wire numbering), ``stay`` the rounds spent on it per visit;
+        unused slots are sent disabled (antenna ``FF``, §1: "antenna > 3 disables a slot").
+        ``interval_ms`` is the rest between antennas, ``repeat`` the loops over the slots.
+        """
+        if not 1 <= len(slots) <= FAST_SWITCH_SLOTS:
+            raise ValueError(f"8A takes 1-{FAST_SWITCH_SLOTS} slots, got {len(slots)}")
+        for antenna, stay in slots:
+            if not 0 <= antenna <= _FAST_SWITCH_MAX_ANTENNA:
+                raise ValueError(f"8A antennas are 0-{_FAST_SWITCH_MAX_ANTENNA}, got {antenna}")
+            if not 1 <= stay <= 0xFF:
+                raise ValueError(f"stay must be 1-255, got {stay}")
+        _require_byte("interval_ms", interval_ms)
+        _require_byte("repeat", repeat)
+        padded = [*slots] + [_DISABLED_SLOT] * (FAST_SWITCH_SLOTS - len(slots))
+        data = bytes(b for slot in padded for b in slot) + bytes((interval_ms, repeat))
+        return encode_frame(self._address, Cmd.FAST_SWITCH_INVENTORY, data)
+
     def set_work_antenna(self, antenna: int) -> bytes:
         """Set work antenna (74): 0-based wire antenna, 0-7."""
         if not 0 <= antenna <= 7:
             raise ValueError(f"antenna must be 0-7, got {antenna}")
         return encode_frame(self._address, Cmd.SET_WORK_ANTENNA, bytes((antenna,)))
 
+    def get_work_antenna(self) -> bytes:
+        """Get work antenna (75)."""
+        return encode_frame(self._address, Cmd.GET_WORK_ANTENNA)
+
+    def set_rf_power(self, dbm: int) -> bytes:
+        """Set RF output power (76) of every antenna, in dBm."""
+        if not 0 <= dbm <= MAX_RF_POWER_DBM:
+            raise ValueError(f"RF power must be 0-{MAX_RF_POWER_DBM} dBm, got {dbm}")
+        return encode_frame(self._address, Cmd.SET_RF_POWER, bytes((dbm,)))
+
+    def get_rf_power(self) -> bytes:
+        """Get RF output power (77); the reply is read by :func:`decode_rf_power`."""
+        return encode_frame(self._address, Cmd.GET_RF_POWER)
+
     def get_firmware_version(self) -> bytes:
-        """Get firmware version (72)."""
+        """Get firmware version (72); the reply is read by :func:`decode_firmware_version`."""
         return encode_frame(self._address, Cmd.GET_FIRMWARE_VERSION)
 
     def _vet_header(self, head: bytearray) -> _Header:
         header = super()._vet_header(head)
         if header is not _Header.PLAUSIBLE or head[3] not in INVENTORY_COMMANDS:
             return header
-        # Which of the three frames answers 89 / 8B is told by Len alone (§1, table); a
-        # tag frame's Len must also agree with the EPC length announced by its PC.
+        # Which frame answers 89 / 8A / 8B is told by Len alone (§1, table); a tag
+        # frame's Len must also agree with the EPC length announced by its PC.
         if head[1] in (_ERROR_LEN, _ROUND_END_LEN):
             return _Header.PLAUSIBLE
+        if head[1] == _ANTENNA_FAULT_LEN:
+            # Only 8A reports a faulty slot and goes on; for 89 / 8B, 05 is no frame's Len.
+            if head[3] == Cmd.FAST_SWITCH_INVENTORY:
+                return _Header.PLAUSIBLE
+            return _Header.MALFORMED
         if len(head) < _VETTED_BYTES:
             return _Header.NEED_MORE
         pc = int.from_bytes(head[5:7], "big")
@@ -360,6 +474,15 @@ def _decode_reply(frame: bytes) -> HostEvent:
         return Reply(address, cmd, data)
     if length == _ERROR_LEN:
         return ErrorReply(address, cmd, data[0])
+    if length == _ANTENNA_FAULT_LEN:
+        return AntennaFault(address, cmd, antenna=data[0], code=data[1])
+    if length == _ROUND_END_LEN and cmd == Cmd.FAST_SWITCH_INVENTORY:
+        return FastSwitchEnd(
+            address,
+            cmd,
+            total_reads=int.from_bytes(data[0:3], "big"),
+            duration_ms=int.from_bytes(data[3:7], "big"),
+        )
     if length == _ROUND_END_LEN:
         return RoundEnd(
             address,
@@ -389,6 +512,29 @@ class R2000Device(_FrameReceiver):
     def receive_data(self, data: bytes) -> list[Request]:
         """Feed received bytes; return the requests they complete, in order."""
         return [Request(f[2], f[3], f[4:-1]) for f in self._receive_frames(data)]
+
+
+@dataclass(frozen=True, slots=True)
+class FastSwitchRequest:
+    """The data of an 8A request as a device reads it (§1)."""
+
+    slots: tuple[tuple[int, int], ...]
+    """The enabled ``(antenna, stay)`` slots, in order: antenna 0-3 and stay above 0."""
+    interval_ms: int
+    repeat: int
+
+
+def decode_fast_switch_request(data: bytes) -> FastSwitchRequest:
+    """``A Astay B Bstay C Cstay D Dstay Interval Repeat``; a slot whose antenna is above 3
+    is disabled (§1), and so, since it would read nothing, is one whose stay is 0."""
+    if len(data) != _FAST_SWITCH_DATA_LEN:
+        raise R2000Error(f"8A data is {_FAST_SWITCH_DATA_LEN} bytes, got {len(data)}")
+    slots = tuple(
+        (data[i], data[i + 1])
+        for i in range(0, 2 * FAST_SWITCH_SLOTS, 2)
+        if data[i] <= _FAST_SWITCH_MAX_ANTENNA and data[i + 1]
+    )
+    return FastSwitchRequest(slots, interval_ms=data[-2], repeat=data[-1])
 
 
 def encode_tag(
@@ -422,7 +568,8 @@ def encode_round_end(
     address: int, cmd: int, antenna: int, read_rate: int, total_reads: int
 ) -> bytes:
     """The closing frame of a successful 89 / 8B round: ``AntID ReadRate TotalRead``."""
-    _require_inventory(cmd)
+    if cmd not in ROUND_END_COMMANDS:
+        raise ValueError(f"not 89 / 8B (8A closes with encode_fast_switch_end): {cmd:#04x}")
     _require_byte("antenna", antenna)
     _require_word("read_rate", read_rate)
     if not 0 <= total_reads <= 0xFFFFFFFF:
@@ -431,8 +578,25 @@ def encode_round_end(
     return encode_frame(address, cmd, data)
 
 
+def encode_fast_switch_end(address: int, total_reads: int, duration_ms: int) -> bytes:
+    """The closing frame of a successful 8A round: ``TotalRead(3) CommandDuration(4, ms)``."""
+    if not 0 <= total_reads <= 0xFFFFFF:
+        raise ValueError(f"total_reads must fit in 3 bytes, got {total_reads}")
+    if not 0 <= duration_ms <= 0xFFFFFFFF:
+        raise ValueError(f"duration_ms must fit in 4 bytes, got {duration_ms}")
+    data = total_reads.to_bytes(3, "big") + duration_ms.to_bytes(4, "big")
+    return encode_frame(address, Cmd.FAST_SWITCH_INVENTORY, data)
+
+
+def encode_antenna_fault(address: int, antenna: int, code: int) -> bytes:
+    """An 8A antenna fault frame: ``AntID ErrCode`` (§1, ``Len`` 05)."""
+    _require_byte("antenna", antenna)
+    _require_byte("code", code)
+    return encode_frame(address, Cmd.FAST_SWITCH_INVENTORY, bytes((antenna, code)))
+
+
 def encode_error(address: int, cmd: int, code: int) -> bytes:
-    """The error frame (``Len`` 04) closing a failed 89 / 8B round.
+    """The error frame (``Len`` 04) closing a failed 89 / 8A / 8B round.
 
     Other commands report a failure in the same shape, e.g. 74 answering 22 (antenna missing).
     """
@@ -441,10 +605,10 @@ def encode_error(address: int, cmd: int, code: int) -> bytes:
 
 
 def _require_inventory(cmd: int) -> None:
-    # Only replies to 89 / 8B are read as tags and round ends; for any other command the
-    # same bytes would decode as a plain Reply.
+    # Only replies to 89 / 8A / 8B are read as tags; for any other command the same bytes
+    # would decode as a plain Reply.
     if cmd not in INVENTORY_COMMANDS:
-        raise ValueError(f"not an inventory command (89 / 8B): {cmd:#04x}")
+        raise ValueError(f"not an inventory command (89 / 8A / 8B): {cmd:#04x}")
 
 
 def _require_byte(name: str, value: int) -> None:

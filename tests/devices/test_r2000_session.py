@@ -12,7 +12,7 @@ from edgegate.config import R2000ReaderConfig
 from edgegate.devices.link import Backoff, open_link
 from edgegate.devices.r2000 import R2000Session
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
-from edgegate.wire.r2000 import Cmd, Request
+from edgegate.wire.r2000 import Cmd, Request, Status, encode_frame
 from simulators.r2000 import R2000Simulator
 
 GOLDEN_EPC = "3074257BF7194E4000001A85"
@@ -141,12 +141,16 @@ async def test_antennas_are_switched_before_each_of_their_rounds(background: Bac
     background.start(session(reader_config(endpoint.url, antennas=(2, 4)), Observations()).run())
     await wait_until(lambda: simulator.rounds >= 4)
 
-    assert [(r.cmd, r.data) for r in simulator.requests[:8]] == [
-        (Cmd.SET_WORK_ANTENNA, b"\x01"),
-        (Cmd.REAL_TIME_INVENTORY, b"\x01"),
-        (Cmd.SET_WORK_ANTENNA, b"\x03"),
-        (Cmd.REAL_TIME_INVENTORY, b"\x01"),
-    ] * 2
+    assert [(r.cmd, r.data) for r in simulator.requests[:9]] == [
+        (Cmd.GET_FIRMWARE_VERSION, b""),
+        *[
+            (Cmd.SET_WORK_ANTENNA, b"\x01"),
+            (Cmd.REAL_TIME_INVENTORY, b"\x01"),
+            (Cmd.SET_WORK_ANTENNA, b"\x03"),
+            (Cmd.REAL_TIME_INVENTORY, b"\x01"),
+        ]
+        * 2,
+    ]
 
 
 async def test_one_antenna_is_selected_once_per_link(background: Background) -> None:
@@ -157,13 +161,14 @@ async def test_one_antenna_is_selected_once_per_link(background: Background) -> 
     background.start(session(reader_config(endpoint.url, antennas=(3,)), Observations()).run())
     await wait_until(lambda: simulator.rounds >= 3)
 
-    assert [r.cmd for r in simulator.requests[:4]] == [
+    assert [r.cmd for r in simulator.requests[:5]] == [
+        Cmd.GET_FIRMWARE_VERSION,
         Cmd.SET_WORK_ANTENNA,
         Cmd.REAL_TIME_INVENTORY,
         Cmd.REAL_TIME_INVENTORY,
         Cmd.REAL_TIME_INVENTORY,
     ]
-    assert simulator.requests[0].data == b"\x02"
+    assert simulator.requests[1].data == b"\x02"
 
 
 async def test_configured_session_uses_session_inventory(background: Background) -> None:
@@ -246,7 +251,7 @@ async def test_reader_that_never_answers_is_reported_down_after_the_reply_timeou
         await server.wait_closed()
 
     assert seen == [
-        ReaderDown(reader="rfid-1", reason="no reply to command 74 within 0.1 s", at_mono_s=NOW)
+        ReaderDown(reader="rfid-1", reason="no reply to command 72 within 0.1 s", at_mono_s=NOW)
     ]
 
 
@@ -263,7 +268,7 @@ async def test_missing_antenna_brings_the_reader_down_without_misattributed_tags
     await wait_until(lambda: any(isinstance(o, ReaderDown) for o in seen))
 
     down = next(o for o in seen if isinstance(o, ReaderDown))
-    assert down.reason == "reader refused antenna port 2: status 22 (antenna missing)"
+    assert down.reason == "antenna port 2 faulted: status 22 (antenna missing)"
     assert seen.epcs_by_antenna() == {(GOLDEN_EPC, 1)}
 
 
@@ -315,3 +320,192 @@ async def test_cancelled_session_releases_the_serial_port(background: Background
     _, writer = await open_link(pty.path, 115200)
     writer.close()
     await writer.wait_closed()
+
+
+# ------------------------------------------- firmware, RF power, 8A, antenna faults
+
+
+async def test_firmware_version_is_read_at_connect_and_exposed(background: Background) -> None:
+    simulator = R2000Simulator(round_delay_s=0.005, firmware=(2, 14))
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    reader = session(reader_config(pty.path), Observations())
+    assert reader.firmware is None
+
+    background.start(reader.run())
+    await wait_until(lambda: reader.stats.connected)
+
+    assert reader.firmware == "2.14"
+    assert reader.stats.firmware == "2.14"
+
+
+async def test_configured_rf_power_is_set_and_verified_once_per_link(
+    background: Background,
+) -> None:
+    simulator = RecordingSimulator(round_delay_s=0.005)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+
+    background.start(session(reader_config(pty.path, rf_power_dbm=22), seen).run())
+    await wait_until(lambda: simulator.rounds >= 3)
+
+    assert [(r.cmd, r.data) for r in simulator.requests[:4]] == [
+        (Cmd.GET_FIRMWARE_VERSION, b""),
+        (Cmd.SET_RF_POWER, b"\x16"),
+        (Cmd.GET_RF_POWER, b""),
+        (Cmd.SET_WORK_ANTENNA, b"\x00"),
+    ]
+    assert [r.cmd for r in simulator.requests].count(Cmd.SET_RF_POWER) == 1
+    assert simulator.rf_power_dbm == 22
+    assert [type(o) for o in seen.links()] == [ReaderUp]
+
+
+class StubbornSimulator(R2000Simulator):
+    """Acknowledges 76 but keeps its power, as a reader in a locked mode might."""
+
+    def answer(self, request: Request) -> list[bytes]:
+        if request.cmd == Cmd.SET_RF_POWER:
+            return [encode_frame(0x01, Cmd.SET_RF_POWER, bytes((Status.SUCCESS,)))]
+        return super().answer(request)
+
+
+async def test_reader_that_does_not_take_the_configured_power_is_down(
+    background: Background,
+) -> None:
+    simulator = StubbornSimulator(round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+
+    background.start(session(reader_config(pty.path, rf_power_dbm=20), seen).run())
+    await wait_until(lambda: len(seen.links()) >= 1)
+
+    assert seen.links() == [
+        ReaderDown(
+            "rfid-1", reason="reader reports RF power 30 dBm after setting 20 dBm", at_mono_s=NOW
+        )
+    ]
+    assert not seen.tags()  # no round runs at a power the gate was not set up for
+
+
+async def test_fast_switch_inventory_reads_every_antenna_in_one_command_through_a_pty(
+    background: Background,
+) -> None:
+    simulator = RecordingSimulator(round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1)
+    simulator.add_tag(OTHER_EPC, antenna_port=3)
+    simulator.add_tag(THIRD_EPC, antenna_port=2)  # a port the gate does not use
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+
+    config = reader_config(pty.path, inventory="8a", antennas=(1, 3), stay=2, repeat=1)
+    background.start(session(config, seen).run())
+    await wait_until(lambda: simulator.rounds >= 3)
+
+    assert seen.epcs_by_antenna() == {(GOLDEN_EPC, 1), (OTHER_EPC, 3)}
+    assert {r.cmd for r in simulator.requests} == {
+        Cmd.GET_FIRMWARE_VERSION,
+        Cmd.FAST_SWITCH_INVENTORY,
+    }
+    assert simulator.requests[1].data == bytes((0, 2, 2, 2, 0xFF, 0, 0xFF, 0, 0, 1))
+    assert seen[0] == ReaderUp("rfid-1", at_mono_s=NOW)
+    assert [type(o) for o in seen.links()] == [ReaderUp]
+
+
+async def test_eight_port_reader_reports_ports_five_to_eight_end_to_end(
+    background: Background,
+) -> None:
+    simulator = R2000Simulator(antenna_ports=8, round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1)
+    simulator.add_tag(OTHER_EPC, antenna_port=6)
+    simulator.add_tag(THIRD_EPC, antenna_port=8)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+
+    background.start(session(reader_config(pty.path, antennas=(1, 6, 8)), seen).run())
+    await wait_until(lambda: len(seen.epcs_by_antenna()) >= 3)
+
+    assert seen.epcs_by_antenna() == {(GOLDEN_EPC, 1), (OTHER_EPC, 6), (THIRD_EPC, 8)}
+
+
+@pytest.mark.parametrize("inventory", ["89", "8a"])
+async def test_faulty_antenna_takes_the_reader_down_until_it_is_repaired(
+    background: Background, inventory: str
+) -> None:
+    simulator = R2000Simulator(round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1)
+    simulator.add_tag(OTHER_EPC, antenna_port=2)
+    simulator.set_antenna_fault(2)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+    reader = session(reader_config(pty.path, inventory=inventory, antennas=(1, 2)), seen)
+
+    background.start(reader.run())
+    await wait_until(lambda: len(seen.links()) >= 2)
+    await wait_until(lambda: reader.stats.antenna_faults >= 3)
+
+    assert [type(o) for o in seen.links()] == [ReaderUp, ReaderDown]
+    down = seen.links()[1]
+    assert isinstance(down, ReaderDown)
+    assert down.reason == "antenna port 2 faulted: status 22 (antenna missing)"
+    assert reader.stats.faulty_antennas == (2,)
+    assert seen.epcs_by_antenna() == {(GOLDEN_EPC, 1)}  # the good port keeps reading
+
+    simulator.set_antenna_fault(2, faulty=False)
+    await wait_until(lambda: len(seen.links()) >= 3)
+
+    assert [type(o) for o in seen.links()] == [ReaderUp, ReaderDown, ReaderUp]
+    await wait_until(lambda: (OTHER_EPC, 2) in seen.epcs_by_antenna())
+    assert reader.stats.faulty_antennas == ()
+
+
+@pytest.mark.parametrize("inventory", ["89", "8a"])
+async def test_degrade_policy_keeps_the_reader_up_until_every_antenna_faults(
+    background: Background, inventory: str
+) -> None:
+    simulator = R2000Simulator(round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1)
+    simulator.set_antenna_fault(2)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+    config = reader_config(pty.path, inventory=inventory, antennas=(1, 2), antenna_fault="degrade")
+    reader = session(config, seen)
+
+    background.start(reader.run())
+    await wait_until(lambda: reader.stats.antenna_faults >= 3 and len(seen.tags()) >= 3)
+    assert [type(o) for o in seen.links()] == [ReaderUp]
+    assert reader.stats.faulty_antennas == (2,)
+
+    simulator.set_antenna_fault(1)
+    await wait_until(lambda: len(seen.links()) >= 2)
+
+    down = seen.links()[1]
+    assert isinstance(down, ReaderDown)
+    assert down.reason == "antenna ports 1, 2 faulted: status 22 (antenna missing)"
+
+
+async def test_a_known_antenna_fault_survives_a_reconnect_without_flapping(
+    background: Background,
+) -> None:
+    simulator = R2000Simulator(round_delay_s=0.005)
+    simulator.set_antenna_fault(1)
+    endpoint = await simulator.open_tcp()
+    serving = background.start(endpoint.run())
+    seen = Observations()
+    reader = session(reader_config(endpoint.url), seen, CountingBackoff())
+    background.start(reader.run())
+    await wait_until(lambda: len(seen.links()) >= 2)
+
+    serving.cancel()  # the link drops while the antenna is still faulty
+    await asyncio.gather(serving, return_exceptions=True)
+    background.start((await simulator.open_tcp(port=endpoint.port)).run())
+    rounds = simulator.rounds
+    await wait_until(lambda: simulator.rounds >= rounds + 3)
+
+    assert [type(o) for o in seen.links()] == [ReaderUp, ReaderDown]

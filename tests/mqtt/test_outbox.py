@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgegate.mqtt.alarms import AlarmKind, Alarms
-from edgegate.mqtt.outbox import AsyncOutbox, Outbox
+from edgegate.mqtt.alarms import AlarmKind, Alarms, overflow_alarm
+from edgegate.mqtt.outbox import AsyncOutbox, NewEvent, Outbox, OutboxLimits
 from edgegate.mqtt.topics import Topics
 
 
@@ -97,3 +97,204 @@ async def test_an_alarm_is_committed_to_the_outbox_as_an_alarm_event(tmp_path: P
     assert payload["detail"] == "bad_signature: snapshot seq 9"
     assert payload["at"].endswith("Z")
     await box.close()
+
+
+TOPICS = Topics("edgegate/v1", "HAK-CBZ", "G01")
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bounded(tmp_path: Path, clock: Clock, max_rows: int = 100, max_age_s: float = 3600) -> Outbox:
+    return Outbox.open(
+        tmp_path / "outbox.db",
+        clock,
+        limits=OutboxLimits(max_rows=max_rows, max_age_s=max_age_s),
+        overflow_event=overflow_alarm(TOPICS, wall=clock),
+    )
+
+
+def decision(box: Outbox, n: int) -> int:
+    return box.append(TOPICS.decision, f"e{n}", lambda seq: b'{"seq":%d}' % seq, counter="decision")
+
+
+def test_past_max_rows_the_oldest_go_together_with_an_alarm_naming_them(tmp_path: Path) -> None:
+    box = bounded(tmp_path, Clock(), max_rows=100)
+    for n in range(100):
+        decision(box, n)
+    assert box.stats().depth == 100
+    assert box.stats().dropped == 0
+
+    decision(box, 100)
+
+    rows = box.pending(1000)
+    # 1 row over the limit, 1 for the alarm, 1 % headroom: the three oldest decisions go.
+    assert [r.event_id for r in rows[:2]] == ["e3", "e4"]
+    alarm = json.loads(rows[-1].payload)
+    assert rows[-1].topic == TOPICS.alarm
+    assert (alarm["kind"], alarm["severity"]) == ("outbox_overflow", "critical")
+    assert alarm["dropped"]["reason"] == "max_rows"
+    assert alarm["dropped"]["count"] == 3
+    assert alarm["dropped"]["ranges"] == [
+        {"counter": "decision", "first": 1, "last": 3, "count": 3}
+    ]
+    assert (alarm["dropped"]["first_event_id"], alarm["dropped"]["last_event_id"]) == ("e0", "e2")
+    assert "decision seq 1-3 (3)" in alarm["detail"]
+    assert box.stats().depth == len(rows) == 99
+    assert box.stats().dropped == 3
+    assert box.counter("alarm") == 1
+
+
+def test_a_later_overflow_names_an_earlier_overflow_alarm_it_drops(tmp_path: Path) -> None:
+    box = bounded(tmp_path, Clock(), max_rows=100)
+    n = 0
+    while box.counter("alarm") < 2:
+        decision(box, n)
+        n += 1
+        assert box.stats().depth <= 100
+    alarms = [json.loads(r.payload) for r in box.pending(1000) if r.topic == TOPICS.alarm]
+    # Both alarms still there: the first was newer than anything the second dropped.
+    assert [a["dropped"]["count"] for a in alarms] == [3, 3]
+    assert alarms[1]["dropped"]["ranges"] == [
+        {"counter": "decision", "first": 4, "last": 6, "count": 3}
+    ]
+
+
+def test_rows_older_than_max_age_are_dropped_with_an_alarm_even_without_appends(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    box = bounded(tmp_path, clock, max_age_s=3600)
+    for n in range(3):
+        decision(box, n)
+        clock.now += 1
+    clock.now += 1800
+    decision(box, 3)
+    clock.now += 1800  # the first three are now older than an hour, the fourth is not
+
+    expired = box.expire()
+
+    assert expired.dropped is not None
+    assert (expired.dropped.reason, expired.dropped.count) == ("max_age", 3)
+    rows = box.pending(10)
+    assert [r.event_id for r in rows] == ["e3", expired.alarm_event_id]
+    alarm = json.loads(rows[1].payload)
+    assert alarm["dropped"]["oldest_created_at"] < alarm["dropped"]["newest_created_at"]
+    assert box.expire().dropped is None
+
+
+def test_a_failed_append_drops_nothing_and_burns_no_seq(tmp_path: Path) -> None:
+    box = bounded(tmp_path, Clock(), max_rows=100)
+    for n in range(100):
+        decision(box, n)
+
+    def broken(seq: int) -> bytes:
+        raise ValueError("cannot serialise")
+
+    with pytest.raises(ValueError, match="cannot serialise"):
+        box.append_all(
+            [
+                NewEvent(TOPICS.decision, "ok", lambda s: b"x", "decision"),
+                NewEvent(TOPICS.decision, "bad", broken, "decision"),
+            ]
+        )
+    assert box.stats().depth == 100
+    assert box.stats().dropped == 0
+    assert box.counter("decision") == 100
+    assert box.counter("alarm") == 0
+
+
+def test_append_all_stores_companions_in_one_transaction_with_their_own_counters(
+    tmp_path: Path,
+) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    appended = box.append_all(
+        [
+            NewEvent("t/decision", "d1", lambda s: b"d%d" % s, "decision"),
+            NewEvent("t/epcis", "x1", lambda s: b"x%d" % s, "epcis"),
+        ]
+    )
+    assert appended.seqs == (1, 1)
+    assert [(r.topic, r.payload) for r in box.pending(10)] == [
+        ("t/decision", b"d1"),
+        ("t/epcis", b"x1"),
+    ]
+
+
+def test_app_acks_keep_rows_until_the_back_office_names_them(tmp_path: Path) -> None:
+    clock = Clock()
+    box = Outbox.open(tmp_path / "outbox.db", clock)
+    for n in range(3):
+        decision(box, n)
+    rows = box.pending(10)
+    box.mark_sent([r.id for r in rows])
+    assert box.pending(10) == []
+    assert box.stats().awaiting_ack == 3
+    assert box.overdue(sent_before=clock.now, limit=10) == []
+
+    assert box.acknowledge(["e0", "e2", "never-stored"]) == 2
+
+    assert box.stats().depth == 1
+    clock.now += 60
+    assert [r.event_id for r in box.overdue(sent_before=clock.now - 30, limit=10)] == ["e1"]
+    box.unsend_all()
+    assert [r.event_id for r in box.pending(10)] == ["e1"]
+    assert box.stats().awaiting_ack == 0
+
+
+def test_the_kept_depth_matches_the_table_through_every_way_out(tmp_path: Path) -> None:
+    clock = Clock()
+    box = bounded(tmp_path, clock, max_rows=100, max_age_s=3600)
+    for n in range(150):
+        decision(box, n)
+    box.retire([r.id for r in box.pending(7)])
+    box.acknowledge(["e140", "e141"])
+    clock.now += 7200
+    decision(box, 999)
+    counted = box._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert box.stats().depth == counted
+    box.close()
+    assert bounded(tmp_path, clock).stats().depth == counted
+
+
+def test_an_outbox_written_by_the_first_release_opens_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+            created_at REAL NOT NULL);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO outbox(event_id, topic, payload, qos, created_at)
+            VALUES ('old', 't/decision', x'7b7d', 1, 1.0);
+        INSERT INTO counters VALUES ('decision', 41);
+        """
+    )
+    old.commit()
+    old.close()
+
+    box = Outbox.open(path, Clock(), limits=OutboxLimits(max_rows=100, max_age_s=1e12))
+
+    assert [r.event_id for r in box.pending(10)] == ["old"]
+    assert box.append("t/decision", "new", lambda s: b"%d" % s, counter="decision") == 42
+    assert box.stats().depth == 2
+
+
+def test_bookkeeping_after_delivery_leaves_the_outbox_fully_synchronous(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    decision(box, 1)
+    decision(box, 2)
+    [first, second] = box.pending(10)
+    box.retire([first.id])
+    box.mark_sent([second.id])
+    box.acknowledge(["e2"])
+    assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert box.stats().depth == 0

@@ -12,7 +12,9 @@ import pytest
 
 from edgegate.devices.link import open_link
 from edgegate.wire.r2000 import (
+    AntennaFault,
     Cmd,
+    FastSwitchEnd,
     R2000Host,
     Request,
     RoundEnd,
@@ -120,6 +122,100 @@ def test_work_antenna_and_firmware_version_can_be_read_back(simulator: R2000Simu
     assert simulator.answer(Request(0x01, Cmd.GET_FIRMWARE_VERSION, b"")) == [
         encode_frame(0x01, Cmd.GET_FIRMWARE_VERSION, b"\x01\x08")
     ]
+
+
+def test_rf_power_is_set_and_read_back() -> None:
+    simulator = R2000Simulator()
+
+    assert simulator.answer(Request(0x01, Cmd.SET_RF_POWER, b"\x14")) == [
+        encode_frame(0x01, Cmd.SET_RF_POWER, bytes((Status.SUCCESS,)))
+    ]
+    assert simulator.answer(Request(0x01, Cmd.GET_RF_POWER, b"")) == [
+        encode_frame(0x01, Cmd.GET_RF_POWER, b"\x14")
+    ]
+    assert simulator.rf_power_dbm == 20
+
+
+@pytest.mark.parametrize("data", [b"", b"\x22", b"\x14\x14"], ids=["empty", "34-dbm", "two"])
+def test_rf_power_that_cannot_be_set_is_answered_invalid_parameter(data: bytes) -> None:
+    simulator = R2000Simulator()
+
+    assert simulator.answer(Request(0x01, Cmd.SET_RF_POWER, data)) == [
+        encode_error(0x01, Cmd.SET_RF_POWER, Status.INVALID_PARAMETER)
+    ]
+    assert simulator.rf_power_dbm == 30
+
+
+def fast_switch(*slots: tuple[int, int], interval_ms: int = 0, repeat: int = 1) -> Request:
+    frame = R2000Host().fast_switch_inventory(list(slots), interval_ms, repeat)
+    return Request(0xFF, Cmd.FAST_SWITCH_INVENTORY, frame[4:-1])  # Data: after Cmd, before Check
+
+
+def test_fast_switch_round_visits_each_slot_stay_times_then_closes_once(
+    simulator: R2000Simulator,
+) -> None:
+    simulator.add_tag(OTHER_EPC, antenna_port=3, rssi_dbm=-70)
+
+    events = decode(simulator.answer(fast_switch((0, 2), (2, 1), repeat=2)))
+
+    reads = [(e.epc_hex, e.antenna) for e in events if isinstance(e, TagRead)]
+    assert reads == [(GOLDEN_EPC, 0), (GOLDEN_EPC, 0), (OTHER_EPC, 2)] * 2
+    assert all(getattr(e, "cmd", None) == Cmd.FAST_SWITCH_INVENTORY for e in events)
+    assert events[-1] == FastSwitchEnd(0x01, Cmd.FAST_SWITCH_INVENTORY, 6, duration_ms=0)
+    assert simulator.rounds == 1
+
+
+def test_fast_switch_reports_a_faulty_or_missing_antenna_and_goes_on(
+    simulator: R2000Simulator,
+) -> None:
+    small = R2000Simulator(antenna_ports=2, round_delay_s=0)
+    small.add_tag(GOLDEN_EPC, antenna_port=1)
+    small.set_antenna_fault(2)
+
+    events = decode(small.answer(fast_switch((1, 1), (0, 1), (3, 1))))
+
+    assert events[0] == AntennaFault(0x01, Cmd.FAST_SWITCH_INVENTORY, 1, Status.ANTENNA_MISSING)
+    assert isinstance(events[1], TagRead)
+    assert events[2] == AntennaFault(0x01, Cmd.FAST_SWITCH_INVENTORY, 3, Status.ANTENNA_MISSING)
+    assert events[3] == FastSwitchEnd(0x01, Cmd.FAST_SWITCH_INVENTORY, 1, duration_ms=0)
+
+
+@pytest.mark.parametrize(
+    "data", [bytes(9), bytes((4, 1, 5, 1, 0xFF, 1, 9, 1, 0, 1))], ids=["short", "all-disabled"]
+)
+def test_fast_switch_without_a_usable_slot_is_answered_invalid_parameter(data: bytes) -> None:
+    assert R2000Simulator().answer(Request(0x01, Cmd.FAST_SWITCH_INVENTORY, data)) == [
+        encode_error(0x01, Cmd.FAST_SWITCH_INVENTORY, Status.INVALID_PARAMETER)
+    ]
+
+
+def test_a_faulty_port_accepts_74_and_fails_its_rounds_with_antenna_missing(
+    simulator: R2000Simulator,
+) -> None:
+    simulator.set_antenna_fault(1)
+
+    assert simulator.answer(Request(0x01, Cmd.SET_WORK_ANTENNA, b"\x00")) == [
+        encode_frame(0x01, Cmd.SET_WORK_ANTENNA, bytes((Status.SUCCESS,)))
+    ]
+    assert simulator.answer(inventory()) == [
+        encode_error(0x01, Cmd.REAL_TIME_INVENTORY, Status.ANTENNA_MISSING)
+    ]
+    simulator.set_antenna_fault(1, faulty=False)
+    assert simulator.answer(inventory())[0] == GOLDEN_TAG
+    assert simulator.faulty_ports == frozenset()
+
+
+def test_ports_five_to_eight_set_rssi_bit_7() -> None:
+    simulator = R2000Simulator(antenna_ports=8)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=6, rssi_dbm=-54)
+    simulator.answer(Request(0x01, Cmd.SET_WORK_ANTENNA, b"\x05"))
+
+    frames = simulator.answer(inventory())
+
+    assert frames[0][-2] & 0x80  # RSSI byte, just before Check (§1)
+    (tag, _) = decode(frames)
+    assert isinstance(tag, TagRead)
+    assert (tag.antenna, tag.rssi_dbm) == (5, -54)
 
 
 @pytest.mark.parametrize(

@@ -8,171 +8,32 @@ and the test reads the decisions as any back-office subscriber would.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from edgegate.localbroker import LocalBroker
-from edgegate.mqtt.topics import Topics
-from edgegate.whitelist.bundle import generate_keypair, load_private_key, sign_body
 from simulators.r2000 import PtyEndpoint, R2000Simulator
 
+from .support import (
+    GATE,
+    KNOWN,
+    SITE,
+    STRANGER,
+    TOPICS,
+    WAIT_S,
+    edgegate,
+    next_json,
+    pass_pallet,
+    status,
+    write_bundle,
+    write_config,
+)
+
 pytestmark = pytest.mark.system
-
-SITE, GATE = "HAK-CBZ", "SYS01"
-TOPICS = Topics("edgegate/v1", SITE, GATE)
-KNOWN = ["3074257BF7194E4000001A85", "3074257BF7194E4000001A86"]
-STRANGER = "E2003412DEADBEEF00000001"
-WAIT_S = 30.0
-
-
-def edgegate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgegate", *args], capture_output=True, text=True, timeout=60
-    )
-
-
-def write_bundle(path: Path) -> str:
-    """A signed snapshot knowing the two KNOWN items; returns the trusted public key."""
-    private_b64, public_b64 = generate_keypair()
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    records = [
-        {
-            "type": "item",
-            "epc": epc,
-            "sku": "SKU-LANCOME-50ML",
-            "owner": "91460000MA5T000001",
-            "status": "bonded",
-            "directions": ["in", "out"],
-            "destinations": [],
-        }
-        for epc in KNOWN
-    ]
-    header = {
-        "format": "edgegate.whitelist",
-        "version": 1,
-        "kind": "snapshot",
-        "site": SITE,
-        "seq": 3,
-        "issued_at": now,
-        "issuer": "system test",
-        "count": len(records),
-    }
-    body = "\n".join(json.dumps(line) for line in [header, *records]).encode()
-    path.write_bytes(sign_body(body, load_private_key(private_b64)))
-    return public_b64
-
-
-def write_config(path: Path, state_dir: Path, broker: LocalBroker, port: str, key: str) -> None:
-    path.write_text(
-        f"""
-[gate]
-site = "{SITE}"
-gate_id = "{GATE}"
-mode = "portal"
-direction = "in"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-keepalive_s = 5
-
-[storage]
-state_dir = "{state_dir}"
-
-[whitelist]
-trusted_keys = ["{key}"]
-
-[passage]
-stable_set_ms = 500
-depart_ms = 800
-
-[[readers]]
-name = "rfid-1"
-kind = "r2000"
-url = "{port}"
-antennas = [1]
-""",
-        encoding="utf-8",
-    )
-
-
-@pytest.fixture
-async def reader() -> AsyncIterator[tuple[R2000Simulator, PtyEndpoint]]:
-    simulator = R2000Simulator()
-    endpoint = simulator.open_pty()
-    task = asyncio.create_task(endpoint.run(), name="r2000-simulator")
-    yield simulator, endpoint
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture
-def gate_config(
-    tmp_path: Path, broker: LocalBroker, reader: tuple[R2000Simulator, PtyEndpoint]
-) -> Path:
-    state_dir = tmp_path / "state"
-    key = write_bundle(tmp_path / "snapshot.bundle")
-    config = tmp_path / "edgegate.toml"
-    write_config(config, state_dir, broker, reader[1].path, key)
-    imported = edgegate(
-        "whitelist", "import", str(tmp_path / "snapshot.bundle"), "--config", str(config)
-    )
-    assert imported.returncode == 0, imported.stderr
-    assert "seq 3" in imported.stdout
-    return config
-
-
-@pytest.fixture
-async def daemon(gate_config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edgegate",
-        "run",
-        "--config",
-        str(gate_config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    yield process
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
-
-
-async def next_json(messages: AsyncIterator[aiomqtt.Message], topic: str) -> dict[str, object]:
-    async with asyncio.timeout(WAIT_S):
-        async for message in messages:
-            if str(message.topic) == topic:
-                assert isinstance(message.payload, bytes)
-                payload: dict[str, object] = json.loads(message.payload)
-                return payload
-    raise AssertionError("subscription ended")
-
-
-async def status(messages: AsyncIterator[aiomqtt.Message], state: str) -> dict[str, object]:
-    while True:
-        payload = await next_json(messages, TOPICS.status)
-        if payload["state"] == state:
-            return payload
-
-
-async def pass_pallet(simulator: R2000Simulator, epcs: list[str]) -> None:
-    for epc in epcs:
-        simulator.add_tag(epc, antenna_port=1, rssi_dbm=-54)
-    # Long enough for several inventory rounds; the passage closes after stable_set_ms.
-    await asyncio.sleep(0.6)
-    simulator.clear()
 
 
 async def test_a_pass_and_a_hold_travel_from_pty_bytes_to_the_broker(

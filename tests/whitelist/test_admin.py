@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from edgegate.config import WhitelistConfig
 from edgegate.gate.model import ItemRecord
 from edgegate.whitelist import admin
 from edgegate.whitelist.admin import AdminError
-from edgegate.whitelist.bundle import key_id
+from edgegate.whitelist.bundle import key_id, public_key_base64
 from edgegate.whitelist.errors import RejectReason
 from edgegate.whitelist.records import to_json
 from edgegate.whitelist.store import DB_NAME
@@ -163,5 +167,112 @@ def test_trusted_keys_from_files_and_config(tmp_path: Path, forge: Forge) -> Non
         admin.keys_from_file(write(tmp_path / "bad.pub", b"nope"))
     with pytest.raises(AdminError, match="no trusted keys"):
         admin.keys_from_config(WhitelistConfig())
-    with pytest.raises(AdminError, match=r"\[whitelist\] trusted_keys"):
-        admin.keys_from_config(WhitelistConfig(trusted_keys=("AAAA",)))
+    with pytest.raises(ValidationError, match="not the base64 of a raw 32-byte Ed25519 key"):
+        WhitelistConfig(trusted_keys=("AAAA",))  # refused when the config is loaded
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.counts: list[tuple[int, int]] = []
+        self.finished = False
+
+    def stage(self, what: str) -> None:
+        self.stages.append(what)
+
+    def records(self, done: int, total: int) -> None:
+        self.counts.append((done, total))
+
+    def done(self) -> None:
+        self.finished = True
+
+
+def test_a_gzip_bundle_file_is_inflated_aside_and_imported_with_progress(
+    tmp_path: Path, forge: Forge
+) -> None:
+    records = [item(epc(n)) for n in range(1200)]
+    bundle = write(tmp_path / "s.bundle.gz", gzip.compress(forge.sign(forge.body(records, seq=3))))
+    state = tmp_path / "state"
+    progress = RecordingProgress()
+
+    message = admin.import_bundle(bundle, forge.keys, SITE, state, progress=progress)
+
+    assert "applied snapshot seq 3" in message
+    assert "item=1200" in message
+    assert progress.counts[-1] == (1200, 1200)
+    assert [done for done, _ in progress.counts] == sorted(done for done, _ in progress.counts)
+    assert progress.finished
+    assert sorted(p.name for p in state.iterdir() if not p.name.startswith("whitelist.db")) == []
+    assert admin.verify(bundle, forge.keys).startswith("ok: snapshot")
+
+
+def test_a_gzip_bomb_file_is_refused_without_filling_the_disk(
+    tmp_path: Path, forge: Forge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin, "FILE_MAX_BYTES", 1 << 20)
+    bomb = write(
+        tmp_path / "bomb.gz", gzip.compress(forge.sign(forge.body([ITEM])) + bytes(4 << 20))
+    )
+
+    with pytest.raises(AdminError, match="oversized") as caught:
+        admin.import_bundle(bomb, forge.keys, SITE, tmp_path / "state")
+    assert caught.value.reason is RejectReason.OVERSIZED
+
+
+def test_an_empty_or_missing_bundle_file_is_a_one_line_error(tmp_path: Path, forge: Forge) -> None:
+    with pytest.raises(AdminError, match="malformed_signature_line"):
+        admin.verify(write(tmp_path / "empty", b""), forge.keys)
+    with pytest.raises(AdminError, match="no such file"):
+        admin.import_bundle(tmp_path / "absent", forge.keys, SITE, tmp_path / "state")
+
+
+def test_stats_reports_seq_age_and_counts_per_type_and_status(tmp_path: Path, forge: Forge) -> None:
+    state = tmp_path / "state"
+    records = [*EXAMPLES, item(epc(1), status="seized"), item(epc(2), status="seized")]
+    admin.import_bundle(
+        write(tmp_path / "s", forge.sign(forge.body(records, seq=9))), forge.keys, SITE, state
+    )
+
+    text = admin.stats(WhitelistConfig(max_age_s=60), state)
+
+    assert "seq         9" in text
+    assert "issued_at   2026-11-25T08:00:00Z" in text
+    assert "STALE" in text  # issued in the example's past, far beyond 60 s
+    assert "item=3" in text
+    assert "pass=1" in text
+    assert "bonded=1" in text
+    assert "seized=2" in text
+    assert "snapshot" in text
+
+
+def test_stats_without_a_whitelist_is_an_admin_error(tmp_path: Path) -> None:
+    with pytest.raises(AdminError, match="no whitelist yet"):
+        admin.stats(WhitelistConfig(), tmp_path)
+
+
+def test_the_cli_imports_with_progress_and_prints_stats(tmp_path: Path, forge: Forge) -> None:
+    config = tmp_path / "gate.toml"
+    config.write_text(
+        f'[gate]\nsite = "{SITE}"\ngate_id = "G01"\n'
+        f'[storage]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[whitelist]\ntrusted_keys = ["{public_key_base64(forge.private)}"]\n'
+        '[[readers]]\nname = "r"\nkind = "r2000"\nurl = "socket://127.0.0.1:9"\n'
+    )
+    bundle = write(tmp_path / "s", forge.sign(forge.body(EXAMPLES, seq=4)))
+
+    def edgegate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgegate", "whitelist", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    imported = edgegate("import", str(bundle), "--progress")
+    assert imported.returncode == 0, imported.stderr
+    assert "applied snapshot seq 4" in imported.stdout
+    assert "applied 5 / 5 records" in imported.stderr
+    stats = edgegate("stats")
+    assert stats.returncode == 0, stats.stderr
+    assert "seq         4" in stats.stdout
+    assert edgegate("import", str(bundle)).returncode == 1  # the same again: a duplicate

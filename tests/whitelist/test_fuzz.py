@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from edgegate.whitelist.bundle import verify_bundle
 from edgegate.whitelist.errors import BundleError
-from edgegate.whitelist.records import Delete, parse_record, to_json
+from edgegate.whitelist.records import (
+    ITEM_ROW_FIELDS,
+    Delete,
+    clean_item_row,
+    item_from_row,
+    item_to_row,
+    parse_record,
+    to_json,
+)
 
 from .support import EXAMPLES, Forge, item
 
@@ -111,3 +119,50 @@ def test_records_with_arbitrary_field_values(
     if not isinstance(parsed, Delete):
         # Anything accepted survives the store's round trip through its JSON form unchanged.
         assert parse_record(to_json(parsed), delta=False) == parsed
+
+
+item_values = st.one_of(
+    json_values,
+    st.sampled_from(
+        [
+            "3074257BF7194E4000001A85",
+            "3074257bf7194e4000001a85",
+            "E2801160200074CF085B0A9B",
+            "bonded",
+            "seized",
+            "lost",
+            "2026-12-09T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "",
+            ["in", "out"],
+            ["out"],
+            ["in", "in"],
+            ["up"],
+            ["DFS-HAIKOU-01"],
+            [""],
+            [["nested"]],
+            ["DFS", {"a": 1}],
+        ]
+    ),
+)
+item_fields = st.sampled_from(sorted({*ITEM_ROW_FIELDS, "op", "type"}))
+
+
+@FUZZ
+@given(st.dictionaries(item_fields, item_values, max_size=6), st.booleans(), st.booleans())
+def test_the_fast_item_path_agrees_with_the_general_parser(
+    changes: dict[str, object], delta: bool, with_op: bool
+) -> None:
+    record = dict(EXAMPLES[0]) | ({"op": "upsert"} if with_op else {}) | changes
+    obj = json.loads(json.dumps(record))
+    row = clean_item_row(obj, delta=delta)
+    if row is None:
+        return  # the general path decides (accepts or rejects with its message)
+    assert item_from_row(row) == parse_record(obj, delta=delta)
+
+
+def test_the_contract_example_takes_the_fast_path() -> None:
+    row = clean_item_row(dict(EXAMPLES[0]), delta=False)
+    assert row is not None
+    assert item_from_row(row) == parse_record(dict(EXAMPLES[0]), delta=False)
+    assert item_to_row(item_from_row(row)) == row  # field order of ItemRecord unchanged

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,9 +15,16 @@ import pytest
 
 from edgegate.gate.model import Direction
 from edgegate.whitelist import store as store_module
-from edgegate.whitelist.bundle import BundleKind, VerifiedBundle
+from edgegate.whitelist.bundle import BundleKind, VerifiedBundle, public_key_base64
 from edgegate.whitelist.errors import BundleError, RejectReason
-from edgegate.whitelist.records import DestinationKind, EnterpriseRecord, Entry, RecordType, Tier
+from edgegate.whitelist.records import (
+    DestinationKind,
+    EnterpriseRecord,
+    Entry,
+    ItemRow,
+    RecordType,
+    Tier,
+)
 from edgegate.whitelist.store import DB_NAME, StoreError, WhitelistState, WhitelistStore
 
 from .support import (
@@ -151,13 +160,25 @@ def test_lookups_of_every_record_type(store: WhitelistStore, forge: Forge) -> No
     assert store.passes_for_vehicle() == []
 
 
-def test_an_older_or_equal_snapshot_is_a_rollback(store: WhitelistStore, forge: Forge) -> None:
+def test_an_older_snapshot_is_a_rollback(store: WhitelistStore, forge: Forge) -> None:
     apply(store, forge.snapshot([item(epc(1))], seq=5))
 
-    for seq in (4, 5):
-        message = refused(RejectReason.ROLLBACK, store, forge.snapshot([item(epc(2))], seq=seq))
-        assert f"seq {seq}" in message
-        assert "current seq 5" in message
+    message = refused(RejectReason.ROLLBACK, store, forge.snapshot([item(epc(2))], seq=4))
+    assert "seq 4" in message
+    assert "current seq 5" in message
+
+
+def test_a_snapshot_of_the_current_seq_is_a_duplicate_not_a_rollback(
+    store: WhitelistStore, forge: Forge
+) -> None:
+    # Another gate's resync answer: this gate reached seq 6 through a delta.
+    apply(store, forge.snapshot([item(epc(1))], seq=5))
+    apply(store, forge.delta([{"op": "upsert", **item(epc(2))}], seq=6))
+
+    message = refused(
+        RejectReason.DUPLICATE, store, forge.snapshot([item(epc(1)), item(epc(2))], seq=6)
+    )
+    assert "current seq 6" in message
 
 
 def test_an_already_applied_delta_is_a_rollback_not_a_gap(
@@ -343,8 +364,8 @@ def test_lookups_do_not_wait_for_an_apply_in_progress(store: WhitelistStore, for
 
         __slots__ = ()
 
-        def entries(self) -> Iterator[Entry]:
-            records = VerifiedBundle.entries(self)
+        def changes(self) -> Iterator[Entry | ItemRow]:
+            records = VerifiedBundle.changes(self)
             yield next(records)
             started.set()
             assert resume.wait(5)
@@ -431,3 +452,48 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 def test_apply_needs_an_aware_time(store: WhitelistStore, forge: Forge) -> None:
     with pytest.raises(ValueError, match="timezone"):
         store.apply(forge.snapshot([]), site=SITE, sha256="x", now=datetime(2026, 1, 1))
+
+
+_CRASHING_IMPORT = """
+import sys, time
+from datetime import UTC, datetime
+from pathlib import Path
+from edgegate.whitelist.bundle import TrustedKeys, verify_bundle
+from edgegate.whitelist.store import WhitelistStore
+
+state, bundle, key = sys.argv[1:]
+verified = verify_bundle(Path(bundle).read_bytes(), TrustedKeys.from_base64([key]))
+
+def stop_here(done):
+    print("inside the transaction", flush=True)
+    time.sleep(60)  # killed here
+
+with WhitelistStore.open(Path(state)) as store:
+    store.apply(verified, site="HAK-CBZ", sha256="x", now=datetime.now(UTC), progress=stop_here)
+"""
+
+
+def test_a_process_killed_mid_apply_leaves_the_previous_whitelist(
+    tmp_path: Path, forge: Forge
+) -> None:
+    with WhitelistStore.open(tmp_path) as store:
+        apply(store, forge.snapshot([item(EPC, sku="OLD"), item(epc(1))], seq=1))
+        before = (store.state(), store.lookup_items([EPC, epc(1), epc(2)]))
+    bundle = tmp_path / "new.bundle"
+    bundle.write_bytes(forge.sign(forge.body([item(epc(n)) for n in range(2, 3000)], seq=2)))
+    key = public_key_base64(forge.private)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_IMPORT, str(tmp_path), str(bundle), key],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"inside the transaction\n"
+    finally:
+        child.kill()  # SIGKILL: no cleanup, no rollback by the process itself
+        child.wait()
+
+    with WhitelistStore.open(tmp_path) as store:
+        assert (store.state(), store.lookup_items([EPC, epc(1), epc(2)])) == before
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

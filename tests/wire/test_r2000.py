@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -12,10 +13,15 @@ from hypothesis import strategies as st
 
 from edgegate.wire.r2000 import (
     MAX_FRAME_BYTES,
+    AntennaFault,
     Cmd,
     ErrorReply,
+    FastSwitchEnd,
+    FastSwitchRequest,
+    FirmwareVersion,
     HostEvent,
     R2000Device,
+    R2000Error,
     R2000Host,
     Reply,
     Request,
@@ -23,7 +29,12 @@ from edgegate.wire.r2000 import (
     Status,
     TagRead,
     checksum,
+    decode_fast_switch_request,
+    decode_firmware_version,
+    decode_rf_power,
+    encode_antenna_fault,
     encode_error,
+    encode_fast_switch_end,
     encode_frame,
     encode_round_end,
     encode_tag,
@@ -40,6 +51,21 @@ CAPTURED_90_REPLY = bytes.fromhex(
     "A0 19 01 90 00 01 10 30 00 E2 00 30 98 88 19 00 72 21 40 36 9E 4D D4 4B 30 07 E0"
 )
 
+# Laid out by hand from §1's frame descriptions (no capture exists for these); the tests
+# below check each one's sum independently of the codec.
+FAST_SWITCH_REQUEST = bytes.fromhex("A0 0D 01 8A 00 01 01 01 FF 00 FF 00 00 01 C6")
+FAST_SWITCH_TAG = bytes.fromhex("A0 13 01 8A 1D 30 00 30 74 25 7B F7 19 4E 40 00 00 1A 85 4B A9")
+FAST_SWITCH_END = bytes.fromhex("A0 0A 01 8A 00 00 C8 00 00 03 E8 18")
+ANTENNA_FAULT = bytes.fromhex("A0 05 01 8A 01 22 AD")
+SET_POWER_REQUEST = bytes.fromhex("A0 04 01 76 1E C7")
+SET_POWER_REPLY = bytes.fromhex("A0 04 01 76 10 D5")
+GET_POWER_REQUEST = bytes.fromhex("A0 03 01 77 E5")
+GET_POWER_REPLY = bytes.fromhex("A0 04 01 77 1E C6")
+FIRMWARE_REQUEST = bytes.fromhex("A0 03 01 72 EA")
+FIRMWARE_REPLY = bytes.fromhex("A0 05 01 72 01 08 DF")
+# The §1 tag on wire antenna 5 of an 8-port reader: FreqAnt bits 1-0 = 1, RSSI bit 7 set.
+EIGHT_PORT_TAG = bytes.fromhex("A0 13 01 89 1D 30 00 30 74 25 7B F7 19 4E 40 00 00 1A 85 CB 2A")
+
 TAG_EPC = bytes.fromhex("3074257BF7194E4000001A85")
 TAG_READ = TagRead(
     address=0x01, cmd=0x89, freq_index=7, antenna=0, pc=0x3000, epc=TAG_EPC, rssi_dbm=-54
@@ -48,11 +74,46 @@ ROUND_END_EVENT = RoundEnd(address=0x01, cmd=0x89, antenna=0, read_rate=100, tot
 ERROR_EVENT = ErrorReply(address=0x01, cmd=0x89, code=Status.ANTENNA_MISSING)
 REPLY_90_EVENT = Reply(address=0x01, cmd=0x90, data=CAPTURED_90_REPLY[4:-1])
 
+FAST_SWITCH_TAG_READ = TagRead(
+    address=0x01, cmd=0x8A, freq_index=7, antenna=1, pc=0x3000, epc=TAG_EPC, rssi_dbm=-54
+)
+FAST_SWITCH_END_EVENT = FastSwitchEnd(address=0x01, cmd=0x8A, total_reads=200, duration_ms=1000)
+ANTENNA_FAULT_EVENT = AntennaFault(address=0x01, cmd=0x8A, antenna=1, code=0x22)
+EIGHT_PORT_TAG_READ = TagRead(
+    address=0x01, cmd=0x89, freq_index=7, antenna=5, pc=0x3000, epc=TAG_EPC, rssi_dbm=-54
+)
+
 GOLDEN_REPLIES = [
     pytest.param(TAG, TAG_READ, id="tag"),
     pytest.param(ROUND_END, ROUND_END_EVENT, id="round-end"),
     pytest.param(ERROR, ERROR_EVENT, id="error"),
     pytest.param(CAPTURED_90_REPLY, REPLY_90_EVENT, id="captured-90"),
+    pytest.param(FAST_SWITCH_TAG, FAST_SWITCH_TAG_READ, id="8a-tag"),
+    pytest.param(FAST_SWITCH_END, FAST_SWITCH_END_EVENT, id="8a-end"),
+    pytest.param(ANTENNA_FAULT, ANTENNA_FAULT_EVENT, id="8a-antenna-fault"),
+    pytest.param(SET_POWER_REPLY, Reply(0x01, 0x76, b"\x10"), id="76-reply"),
+    pytest.param(GET_POWER_REPLY, Reply(0x01, 0x77, b"\x1e"), id="77-reply"),
+    pytest.param(FIRMWARE_REPLY, Reply(0x01, 0x72, b"\x01\x08"), id="72-reply"),
+    pytest.param(EIGHT_PORT_TAG, EIGHT_PORT_TAG_READ, id="8-port-tag"),
+]
+ALL_GOLDEN_FRAMES = [
+    TAG,
+    ROUND_END,
+    ERROR,
+    INVENTORY_REQUEST,
+    SESSION_REQUEST,
+    CAPTURED_90_REPLY,
+    FAST_SWITCH_REQUEST,
+    FAST_SWITCH_TAG,
+    FAST_SWITCH_END,
+    ANTENNA_FAULT,
+    SET_POWER_REQUEST,
+    SET_POWER_REPLY,
+    GET_POWER_REQUEST,
+    GET_POWER_REPLY,
+    FIRMWARE_REQUEST,
+    FIRMWARE_REPLY,
+    EIGHT_PORT_TAG,
 ]
 
 
@@ -67,13 +128,11 @@ def one_byte_at_a_time(data: bytes) -> list[bytes]:
 # --------------------------------------------------------------------- golden vectors
 
 
-@pytest.mark.parametrize(
-    "frame",
-    [TAG, ROUND_END, ERROR, INVENTORY_REQUEST, SESSION_REQUEST, CAPTURED_90_REPLY],
-    ids=["tag", "round-end", "error", "inventory", "session-inventory", "captured-90"],
-)
+@pytest.mark.parametrize("frame", ALL_GOLDEN_FRAMES, ids=lambda frame: frame.hex()[:8])
 def test_documented_check_byte_is_the_checksum_of_the_rest(frame: bytes) -> None:
     assert checksum(frame[:-1]) == frame[-1]
+    assert sum(frame) % 256 == 0
+    assert frame[1] == len(frame) - 2
 
 
 def test_documented_tag_frame_decodes_to_its_epc_antenna_frequency_and_rssi() -> None:
@@ -107,6 +166,65 @@ def test_device_encoders_reproduce_the_documented_replies() -> None:
     assert encode_tag(0x01, Cmd.REAL_TIME_INVENTORY, 7, 0, 0x3000, TAG_EPC, -54) == TAG
     assert encode_round_end(0x01, Cmd.REAL_TIME_INVENTORY, 0, 100, 200) == ROUND_END
     assert encode_error(0x01, Cmd.REAL_TIME_INVENTORY, Status.ANTENNA_MISSING) == ERROR
+
+
+def test_host_builds_the_fast_switch_power_and_firmware_requests() -> None:
+    host = R2000Host(address=0x01)
+
+    assert host.fast_switch_inventory([(0, 1), (1, 1)], interval_ms=0, repeat=1) == (
+        FAST_SWITCH_REQUEST
+    )
+    assert host.set_rf_power(30) == SET_POWER_REQUEST
+    assert host.get_rf_power() == GET_POWER_REQUEST
+    assert host.get_firmware_version() == FIRMWARE_REQUEST
+
+
+def test_device_encoders_reproduce_the_fast_switch_and_eight_port_frames() -> None:
+    assert encode_tag(0x01, Cmd.FAST_SWITCH_INVENTORY, 7, 1, 0x3000, TAG_EPC, -54) == (
+        FAST_SWITCH_TAG
+    )
+    assert encode_fast_switch_end(0x01, total_reads=200, duration_ms=1000) == FAST_SWITCH_END
+    assert encode_antenna_fault(0x01, 1, Status.ANTENNA_MISSING) == ANTENNA_FAULT
+    assert encode_tag(0x01, Cmd.REAL_TIME_INVENTORY, 7, 5, 0x3000, TAG_EPC, -54) == (EIGHT_PORT_TAG)
+
+
+def test_device_reads_the_slots_of_a_fast_switch_request() -> None:
+    (request,) = R2000Device().receive_data(FAST_SWITCH_REQUEST)
+
+    assert decode_fast_switch_request(request.data) == FastSwitchRequest(
+        slots=((0, 1), (1, 1)), interval_ms=0, repeat=1
+    )
+
+
+def test_fast_switch_slots_above_antenna_3_or_with_no_stay_are_disabled() -> None:
+    data = bytes((3, 2, 4, 1, 0, 0, 2, 5, 9, 3))
+
+    assert decode_fast_switch_request(data) == FastSwitchRequest(((3, 2), (2, 5)), 9, 3)
+
+
+def test_replies_to_72_and_77_decode_to_a_version_and_powers() -> None:
+    assert decode_firmware_version(b"\x01\x08") == FirmwareVersion(1, 8)
+    assert str(FirmwareVersion(1, 8)) == "1.8"
+    assert decode_rf_power(b"\x1e") == (30,)
+    assert decode_rf_power(b"\x1e\x1e\x14\x21") == (30, 30, 20, 33)
+
+
+@pytest.mark.parametrize(
+    ("decode", "data"),
+    [
+        pytest.param(decode_firmware_version, b"\x11", id="72-fail-status"),
+        pytest.param(decode_firmware_version, b"\x01\x08\x00", id="72-three-bytes"),
+        pytest.param(decode_rf_power, b"", id="77-empty"),
+        pytest.param(decode_rf_power, b"\x1e\x1e", id="77-two-bytes"),
+        pytest.param(decode_rf_power, b"\x41", id="77-above-33-dbm"),
+        pytest.param(decode_fast_switch_request, bytes(9), id="8a-short"),
+    ],
+)
+def test_reply_data_that_does_not_fit_its_command_is_a_codec_error(
+    decode: Callable[[bytes], object], data: bytes
+) -> None:
+    with pytest.raises(R2000Error):
+        decode(data)
 
 
 def test_device_decodes_the_documented_requests() -> None:
@@ -145,6 +263,20 @@ def test_pc_for_a_96_bit_epc_announces_six_words() -> None:
         pytest.param(lambda: encode_frame(0x100, 0x89), "address", id="address-256"),
         pytest.param(lambda: encode_frame(1, 0x01), "not a command", id="unknown-cmd"),
         pytest.param(lambda: pc_for_epc(bytes(3)), "whole words", id="odd-epc"),
+        pytest.param(
+            lambda: encode_round_end(1, 0x8A, 0, 0, 0), "encode_fast_switch_end", id="8a-end"
+        ),
+        pytest.param(lambda: encode_fast_switch_end(1, 1 << 24, 0), "3 bytes", id="8a-total"),
+        pytest.param(
+            lambda: R2000Host().fast_switch_inventory([(4, 1)], 0, 1), "0-3", id="8a-antenna-4"
+        ),
+        pytest.param(
+            lambda: R2000Host().fast_switch_inventory([(0, 1)] * 5, 0, 1), "1-4", id="8a-5-slots"
+        ),
+        pytest.param(
+            lambda: R2000Host().fast_switch_inventory([(0, 0)], 0, 1), "stay", id="8a-stay-0"
+        ),
+        pytest.param(lambda: R2000Host().set_rf_power(34), "0-33", id="power-34"),
     ],
 )
 def test_encoders_refuse_values_that_do_not_fit_the_frame(
@@ -269,6 +401,26 @@ def test_tag_frame_whose_length_disagrees_with_its_pc_is_malformed() -> None:
     assert host.frames == 1
 
 
+def test_antenna_fault_length_is_malformed_for_real_time_inventory() -> None:
+    host = R2000Host()
+    # Only 8A reports a faulty slot (Len 05); under 89 the same bytes are no frame.
+    stray = encode_frame(0x01, Cmd.REAL_TIME_INVENTORY, b"\x01\x22")
+
+    assert host.receive_data(stray + ROUND_END) == [ROUND_END_EVENT]
+    assert host.malformed == 1
+
+
+def test_fast_switch_round_streams_tags_and_faults_then_closes() -> None:
+    stream = FAST_SWITCH_TAG + ANTENNA_FAULT + FAST_SWITCH_TAG + FAST_SWITCH_END
+
+    assert feed(R2000Host(), one_byte_at_a_time(stream)) == [
+        FAST_SWITCH_TAG_READ,
+        ANTENNA_FAULT_EVENT,
+        FAST_SWITCH_TAG_READ,
+        FAST_SWITCH_END_EVENT,
+    ]
+
+
 def test_rssi_bit_7_adds_four_to_the_antenna_on_an_eight_port_reader() -> None:
     frame = encode_frame(0x01, Cmd.REAL_TIME_INVENTORY, b"\x1d\x30\x00" + TAG_EPC + b"\xcb")
 
@@ -290,7 +442,11 @@ def tag_reads(draw: st.DrawFn) -> TagRead:
     epc = draw(epcs)
     return TagRead(
         address=draw(st.integers(0, 0xFF)),
-        cmd=draw(st.sampled_from([Cmd.REAL_TIME_INVENTORY, Cmd.SESSION_INVENTORY])),
+        cmd=draw(
+            st.sampled_from(
+                [Cmd.REAL_TIME_INVENTORY, Cmd.FAST_SWITCH_INVENTORY, Cmd.SESSION_INVENTORY]
+            )
+        ),
         freq_index=draw(st.integers(0, 63)),
         antenna=draw(st.integers(0, 7)),
         # Only the length bits of the PC are derived; UMI, XI and the rest stay arbitrary.
@@ -326,37 +482,101 @@ def test_device_encoded_round_end_round_trips_through_the_host(
     assert R2000Host().receive_data(frame) == [RoundEnd(address, cmd, antenna, read_rate, total)]
 
 
+@given(st.integers(0, 0xFF), st.integers(0, 0xFFFFFF), st.integers(0, 0xFFFFFFFF))
+def test_device_encoded_fast_switch_end_round_trips_through_the_host(
+    address: int, total: int, duration_ms: int
+) -> None:
+    frame = encode_fast_switch_end(address, total, duration_ms)
+
+    assert R2000Host().receive_data(frame) == [
+        FastSwitchEnd(address, Cmd.FAST_SWITCH_INVENTORY, total, duration_ms)
+    ]
+
+
+@given(st.integers(0, 0xFF), st.integers(0, 0xFF), st.integers(0, 0xFF))
+def test_device_encoded_antenna_fault_round_trips_through_the_host(
+    address: int, antenna: int, code: int
+) -> None:
+    frame = encode_antenna_fault(address, antenna, code)
+
+    assert R2000Host().receive_data(frame) == [
+        AntennaFault(address, Cmd.FAST_SWITCH_INVENTORY, antenna, code)
+    ]
+
+
+@given(
+    st.integers(0, 0xFF),
+    st.sampled_from([Cmd.GET_FIRMWARE_VERSION, Cmd.SET_RF_POWER, Cmd.GET_RF_POWER]),
+    st.binary(max_size=8),
+)
+def test_device_encoded_plain_replies_round_trip_through_the_host(
+    address: int, cmd: int, data: bytes
+) -> None:
+    assert R2000Host().receive_data(encode_frame(address, cmd, data)) == [Reply(address, cmd, data)]
+
+
 @given(
     st.integers(0, 0xFF),
     st.integers(0, 3),
     st.integers(0, 1),
     st.integers(0, 0xFF),
     st.integers(0, 7),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(1, 0xFF)), min_size=1, max_size=4),
+    st.integers(0, 0xFF),
+    st.integers(0, 33),
 )
 def test_host_requests_round_trip_through_the_device(
-    address: int, session: int, target: int, repeat: int, antenna: int
+    address: int,
+    session: int,
+    target: int,
+    repeat: int,
+    antenna: int,
+    slots: list[tuple[int, int]],
+    interval_ms: int,
+    power: int,
 ) -> None:
     host = R2000Host(address)
     stream = (
         host.inventory(repeat)
         + host.session_inventory(session, target, repeat)
+        + host.fast_switch_inventory(slots, interval_ms, repeat)
         + host.set_work_antenna(antenna)
+        + host.get_work_antenna()
+        + host.set_rf_power(power)
+        + host.get_rf_power()
         + host.get_firmware_version()
     )
 
-    assert R2000Device().receive_data(stream) == [
-        Request(address, Cmd.REAL_TIME_INVENTORY, bytes((repeat,))),
-        Request(address, Cmd.SESSION_INVENTORY, bytes((session, target, repeat))),
-        Request(address, Cmd.SET_WORK_ANTENNA, bytes((antenna,))),
-        Request(address, Cmd.GET_FIRMWARE_VERSION, b""),
+    requests = R2000Device().receive_data(stream)
+
+    assert [(r.address, r.cmd) for r in requests] == [
+        (address, cmd)
+        for cmd in (
+            Cmd.REAL_TIME_INVENTORY,
+            Cmd.SESSION_INVENTORY,
+            Cmd.FAST_SWITCH_INVENTORY,
+            Cmd.SET_WORK_ANTENNA,
+            Cmd.GET_WORK_ANTENNA,
+            Cmd.SET_RF_POWER,
+            Cmd.GET_RF_POWER,
+            Cmd.GET_FIRMWARE_VERSION,
+        )
     ]
+    assert requests[0].data == bytes((repeat,))
+    assert requests[1].data == bytes((session, target, repeat))
+    assert decode_fast_switch_request(requests[2].data) == FastSwitchRequest(
+        tuple(slots), interval_ms, repeat
+    )
+    assert requests[3].data == bytes((antenna,))
+    assert requests[5].data == bytes((power,))
+    assert all(not r.data for r in (requests[4], requests[6], requests[7]))
 
 
 # Noise that is mostly junk, with stray headers and valid frames mixed in.
 noisy_pieces = st.one_of(
     st.binary(max_size=40),
     st.just(b"\xa0"),
-    st.sampled_from([TAG, ROUND_END, ERROR, CAPTURED_90_REPLY]),
+    st.sampled_from(ALL_GOLDEN_FRAMES),
     tag_reads().map(tag_frame),
 )
 noisy_streams = st.lists(noisy_pieces, max_size=30).map(b"".join)
@@ -412,6 +632,32 @@ def test_every_tag_read_from_noisy_bytes_is_a_valid_frame_present_in_them(
         if isinstance(event, TagRead):
             # encode_tag gives the one frame that decodes to this event, and it checksums.
             assert tag_frame(event) in data
+
+
+@given(st.binary(max_size=600), st.lists(st.integers(1, 64), min_size=1, max_size=20))
+def test_random_bytes_never_yield_a_tag(data: bytes, sizes: list[int]) -> None:
+    # A random stream contains a checksummed tag frame with a PC that agrees with its Len
+    # only by a coincidence far below 2**-32 per position; any TagRead here is a phantom.
+    events = feed(R2000Host(), chunked(data, sizes))
+
+    assert not [event for event in events if isinstance(event, TagRead)]
+
+
+def test_a_megabyte_of_random_bytes_yields_no_tag_and_keeps_the_buffer_bounded() -> None:
+    rng = random.Random(20261126)
+    host = R2000Host()
+    for _ in range(1024):
+        events = host.receive_data(rng.randbytes(1024))
+
+        assert not [event for event in events if isinstance(event, TagRead)]
+        assert host.buffered < MAX_FRAME_BYTES
+
+
+@given(st.binary(max_size=16))
+def test_reply_decoders_raise_nothing_but_the_codec_error(data: bytes) -> None:
+    for decode in (decode_firmware_version, decode_rf_power, decode_fast_switch_request):
+        with contextlib.suppress(R2000Error):
+            decode(data)
 
 
 def test_no_single_byte_change_to_a_tag_frame_yields_that_tag() -> None:
