@@ -22,10 +22,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from edgegate.devices.recorder import RecordingError
-from simulators import backoffice
+from simulators import backoffice, scenario
 from simulators.faults import add_fault_arguments, fault_plan_from_args
 from simulators.gateio import GateIoSimulator
 from simulators.lcus import LcusSimulator
@@ -79,8 +80,54 @@ def _parser() -> argparse.ArgumentParser:
     _add_scanner(devices)
     _add_gate_io(devices)
     _add_lcus(devices)
+    _add_scenario(devices)
     backoffice.add_command(devices)
     return parser
+
+
+def _add_scenario(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = devices.add_parser(
+        "scenario",
+        help="replay a whole passage on every simulated device of a gate (TOML timeline)",
+        description="Start one simulator per device of the scenario, print the [[readers]] "
+        "config that reaches them, then play the timeline (after Enter, or --start-after).",
+    )
+    parser.add_argument("scenario", nargs="?", help="a shipped scenario's name or a TOML file")
+    parser.add_argument("--list", action="store_true", help="list the shipped scenarios")
+    parser.add_argument("--start-after", type=float, metavar="S", help="play after S seconds")
+    parser.add_argument("--speed", type=float, default=1.0, help="time scale (2 = twice as fast)")
+    parser.set_defaults(run=_run_scenario)
+
+
+def _run_scenario(args: argparse.Namespace) -> None:
+    shipped = scenario.shipped_scenarios()
+    if args.list or not args.scenario:
+        for name, path in shipped.items():
+            print(f"{name:24} {scenario.load_scenario(path).name}")
+        return
+    path = shipped.get(args.scenario) or Path(args.scenario)
+    try:
+        timeline = scenario.load_scenario(path)
+    except scenario.ScenarioError as exc:
+        raise _UsageError(str(exc)) from None
+    if args.speed <= 0:
+        raise _UsageError("--speed must be positive")
+
+    async def run() -> None:
+        async with scenario.Rig(timeline.devices) as rig:
+            print(f"# {timeline.name}: mode = {timeline.mode!r}; readers for edgegate.toml:")
+            for reader in rig.reader_configs():
+                print("[[readers]]\n" + "".join(f"{k} = {v!r}\n" for k, v in reader.items()))
+            sys.stdout.flush()
+            if args.start_after is None:
+                await asyncio.to_thread(sys.stdin.readline)
+            else:
+                await asyncio.sleep(args.start_after)
+            await scenario.play(timeline, rig, speed=args.speed)
+            print(f"# played {len(timeline.steps)} steps; devices stay up until Ctrl-C", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(run())
 
 
 def _add_r2000(devices: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,9 +1,10 @@
 """Where a simulated device is reached: a pseudo-terminal or a TCP port, and its plug.
 
-Owns the two transports the scanner, gate I/O and relay simulators serve on, for any device
-whose behaviour is a *conversation*: an ``async`` callable given ``receive`` (bytes from the
-host; ``b""`` when the host has gone) and ``send`` (bytes to the host), which runs until the
-host goes or it is cancelled. Also :class:`Changes`, how a test waits for a simulator's state.
+Owns the two transports simulators serve on (scanner, gate I/O, relay board, ThingMagic),
+for any device whose behaviour is a *conversation*: an ``async`` callable given ``receive``
+(bytes from the host; ``b""`` when the host has gone) and ``send`` (bytes to the host), which
+runs until the host goes or it is cancelled. Also :class:`Changes`, how a test waits for a
+simulator's state.
 
 Invariants:
 - a :class:`PtyEndpoint` keeps its own descriptor of the port side open for its lifetime, so

@@ -39,7 +39,7 @@ import functools
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
@@ -56,6 +56,7 @@ from edgegate.gate.model import BeamChanged, GateOutputs, Observation
 
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
+_T = TypeVar("_T")
 # One lost reply on a noisy RS-485 line is retried before the module is declared down.
 _RETRIES = 1
 
@@ -132,7 +133,7 @@ class GateIoSession:
         client = _client(self._config, on_connection)
         try:
             try:
-                connected = await client.connect()
+                connected = await _cancellable(client.connect())
             except (OSError, ValueError) as exc:  # e.g. a baud rate pyserial refuses
                 raise _IoError(f"cannot open {self._config.url}: {exc}") from exc
             if not connected:
@@ -215,7 +216,7 @@ class GateIoSession:
         if not client.connected:
             raise _IoError("link lost")
         try:
-            reply = await request()
+            reply = await _cancellable(request())
         except ModbusIOException as exc:
             self._lost_replies += _RETRIES + 1
             timeout_s = self._config.reply_timeout_s
@@ -260,6 +261,26 @@ def _client(config: GateIoReaderConfig, on_connection: Callable[[bool], None]) -
         reconnect_delay=0,
         trace_connect=on_connection,
     )
+
+
+async def _cancellable(awaitable: Awaitable[_T]) -> _T:
+    """Await a pymodbus call, re-raising a cancellation that pymodbus lost.
+
+    pymodbus awaits its transport and every reply with ``asyncio.wait_for``, which on Python
+    3.11 returns the result instead of raising when the task is cancelled in the same loop
+    iteration as the awaited future completes (CPython issues 86296, 107547; fixed by the 3.12
+    rewrite). A connect that fails at once makes that a common case, and a session that
+    survived its cancellation would hang the daemon's shutdown. A cancellation nobody
+    handled leaves ``Task.cancelling()`` higher than before the call. (Compared with its
+    value before, not with zero: on 3.11 a TaskGroup whose child fails while it is exiting
+    leaves its parent's count raised for good.)
+    """
+    task = asyncio.current_task()
+    cancels_before = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > cancels_before:
+        raise asyncio.CancelledError
+    return result
 
 
 async def _until_lost(lost: asyncio.Event) -> NoReturn:

@@ -37,14 +37,6 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-CR_SUFFIX = b"\r"
-CRLF_SUFFIX = b"\r\n"
-LF_SUFFIX = b"\n"
-SUFFIXES = (CR_SUFFIX, CRLF_SUFFIX, LF_SUFFIX)
-
-DEFAULT_MAX_CODE_BYTES = 8192
-"""Room for the largest QR code (7,089 numeric characters at version 40-L) and then some."""
-
 
 class Ctl(IntEnum):
     """Control bytes that matter to scanner framing (PROTOCOLS.md §3)."""
@@ -52,6 +44,15 @@ class Ctl(IntEnum):
     LF = 0x0A
     CR = 0x0D
     GS = 0x1D  # GS1 group separator, kept inside codes
+
+
+CR_SUFFIX = bytes((Ctl.CR,))
+LF_SUFFIX = bytes((Ctl.LF,))
+CRLF_SUFFIX = CR_SUFFIX + LF_SUFFIX
+SUFFIXES = (CR_SUFFIX, CRLF_SUFFIX, LF_SUFFIX)
+
+DEFAULT_MAX_CODE_BYTES = 8192
+"""Room for the largest QR code (7,089 numeric characters at version 40-L) and then some."""
 
 
 class LineDecoder:
