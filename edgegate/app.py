@@ -201,6 +201,7 @@ class Daemon:
         )
         store = await asyncio.to_thread(WhitelistStore.open, state_dir)
         self._history = await asyncio.to_thread(DepartureHistory.open, state_dir)
+        self._parts = (outbox, store)
         self._alarms = Alarms(outbox, self._topics)
         try:
             await self._run_parts(outbox, store)
@@ -452,12 +453,21 @@ class Daemon:
             reader.name == observation.reader for reader in self._config.readers
         )
 
+    async def decide_and_act(self, passage: ClosedPassage) -> None:
+        """Decide a closed passage exactly as the tracker's would be (tools, benchmarks):
+        look up, decide, commit to the outbox, then act at the gate. Only while running."""
+        await self._on_tracker_event(passage, *self._parts)
+
+    def passage_ended(self, passage_id: str) -> None:
+        """The passage's vehicle has left (as when both beams clear): close the barrier."""
+        self._control.ended(passage_id)
+        self._gate.follow(plan_for_passage_end())
+
     async def _on_tracker_event(
         self, event: TrackerEvent, outbox: AsyncOutbox, store: WhitelistStore
     ) -> None:
         if isinstance(event, PassageEnded):
-            self._control.ended(event.passage_id)
-            self._gate.follow(plan_for_passage_end())
+            self.passage_ended(event.passage_id)
             return
         decision = await self._decide(event, outbox, store)
         wait_s = self._config.commands.customs_wait_ms / 1000

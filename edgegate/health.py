@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-import structlog
-
 from edgegate.devices.base import DeviceStats
 from edgegate.mqtt.alarms import AlarmKind, Severity
 from edgegate.mqtt.outbox import OutboxStats
@@ -47,8 +45,6 @@ from edgegate.mqtt.payloads import (
 )
 from edgegate.mqtt.topics import Topics
 from edgegate.whitelist.freshness import freshness
-
-log = structlog.get_logger(__name__)
 
 
 class ReaderSource(Protocol):

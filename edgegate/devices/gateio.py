@@ -51,6 +51,7 @@ from pymodbus.pdu import ModbusPDU
 from edgegate.config import GateIoReaderConfig
 from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import SOCKET_SCHEME, Backoff
+from edgegate.devices.recorder import FlightRecorder
 from edgegate.devices.upkeep import Liveness
 from edgegate.gate.model import BeamChanged, GateOutputs, Observation
 
@@ -130,7 +131,22 @@ class GateIoSession:
             if not up:  # pymodbus saw its transport go: EIO on unplug, EOF, a reset
                 lost.set()
 
-        client = _client(self._config, on_connection)
+        # pymodbus owns this transport, so the flight recorder taps its packet trace rather
+        # than the stream: every frame the host writes (tx) and every chunk it reads (rx).
+        recorder = (
+            FlightRecorder(
+                self._config.record, url=self._config.url, baudrate=self._config.baudrate
+            )
+            if self._config.record
+            else None
+        )
+
+        def trace_packet(sending: bool, data: bytes) -> bytes:
+            if recorder is not None:
+                recorder.record("tx" if sending else "rx", data)
+            return data
+
+        client = _client(self._config, on_connection, trace_packet)
         try:
             try:
                 connected = await _cancellable(client.connect())
@@ -139,6 +155,8 @@ class GateIoSession:
             if not connected:
                 # pymodbus logs the cause of a failed open; it does not return it.
                 raise _IoError(f"cannot open {self._config.url}")
+            if recorder is not None:
+                recorder.start()
             try:
                 async with asyncio.TaskGroup() as link:
                     link.create_task(self._poll(client), name=f"gate-io-{self.name}-poll")
@@ -147,6 +165,8 @@ class GateIoSession:
                 raise faults.exceptions[0] from None
         finally:
             client.close()
+            if recorder is not None:
+                recorder.close()
 
     async def _poll(self, client: ModbusBaseClient) -> None:
         loop = asyncio.get_running_loop()
@@ -232,7 +252,11 @@ class GateIoSession:
         return reply
 
 
-def _client(config: GateIoReaderConfig, on_connection: Callable[[bool], None]) -> ModbusBaseClient:
+def _client(
+    config: GateIoReaderConfig,
+    on_connection: Callable[[bool], None],
+    trace_packet: Callable[[bool, bytes], bytes],
+) -> ModbusBaseClient:
     # reconnect_delay=0 turns pymodbus's own reconnecting off: the session reconnects, with
     # jittered backoff and ReaderDown / ReaderUp, like every other device.
     parts = urllib.parse.urlsplit(config.url)
@@ -245,6 +269,7 @@ def _client(config: GateIoReaderConfig, on_connection: Callable[[bool], None]) -
             retries=_RETRIES,
             reconnect_delay=0,
             trace_connect=on_connection,
+            trace_packet=trace_packet,
         )
     try:
         port = parts.port
@@ -260,6 +285,7 @@ def _client(config: GateIoReaderConfig, on_connection: Callable[[bool], None]) -
         retries=_RETRIES,
         reconnect_delay=0,
         trace_connect=on_connection,
+        trace_packet=trace_packet,
     )
 
 

@@ -66,7 +66,6 @@ from edgegate.whitelist.records import (
     RecordType,
     VehicleRecord,
     format_timestamp,
-    item_from_row,
     item_to_row,
     parse_record,
     parse_timestamp,
@@ -778,27 +777,42 @@ def _item_select(keys: int) -> str:
     return f"SELECT {_ITEM_COLUMNS} FROM items WHERE {_LAYOUTS[RecordType.ITEM].where(keys)}"
 
 
+# An items row as SQLite returns it (TEXT columns, NULL where None; lists as JSON text).
+_ItemDbRow = tuple[
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    str | None,
+]
+
+
 def _item_from_row(row: tuple[object, ...]) -> ItemRecord:
-    # Every column is TEXT written by _item_db_row (NULL where None); no conversions needed.
-    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = row
-    return item_from_row(
-        cast(
-            ItemRow,
-            (
-                epc,
-                tid,
-                trace,
-                sku,
-                gtin,
-                owner,
-                status,
-                _json_tuple(cast(str, directions)),
-                _json_tuple(cast(str, destinations)),
-                conv,
-                declare,
-                valid,
-            ),
-        )
+    # The hot path of every passage's lookup: one unpack, positional arguments in
+    # ItemRecord's field order (a test pins that order), the two lists from a cache.
+    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = (
+        cast(_ItemDbRow, row)
+    )
+    return ItemRecord(
+        epc,
+        sku,
+        status,
+        owner,
+        tid,
+        trace,
+        gtin,
+        _json_tuple(directions),
+        _json_tuple(destinations),
+        conv,
+        declare,
+        valid,
     )
 
 

@@ -8,6 +8,7 @@ where a change of its framing would show.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -289,3 +290,27 @@ async def test_cancelled_session_releases_the_serial_port(
     _, writer = await open_link(pty.path, 9600)
     writer.close()
     await writer.wait_closed()
+
+
+async def test_the_flight_recorder_captures_the_modbus_conversation(
+    background: Background, module: GateIoSimulator, tmp_path: Path
+) -> None:
+    recording = tmp_path / "io-1.rec"
+    pty = module.open_pty()
+    background.start(pty.run())
+    reader = session(io_config(pty.url, record=str(recording)), Observations())
+    task = background.start(reader.run())
+    await wait_until(lambda: module.received.count(READ_2_INPUTS) >= 3)
+    await reader.apply(GateOutputs(barrier_open=True))
+    await bounded(module.until_coils(barrier=True))
+    task.cancel()
+    await wait_until(lambda: recording.exists() and b'"close"' in recording.read_bytes())
+
+    lines = [json.loads(line) for line in recording.read_text().splitlines()]
+    assert lines[0]["dir"] == "open"
+    sent = [bytes.fromhex(line["hex"]) for line in lines if line["dir"] == "tx"]
+    received = b"".join(bytes.fromhex(line["hex"]) for line in lines if line["dir"] == "rx")
+    assert sent[0] == READ_2_INPUTS
+    assert COIL_0_ON in sent
+    assert received.startswith(b"\x01\x02\x01")  # the module's answer to the first poll
+    assert lines[-1]["dir"] == "close"

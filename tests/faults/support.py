@@ -28,6 +28,8 @@ from simulators.r2000 import R2000Simulator
 SITE, GATE = "HAK-CBZ", "FLT01"
 TOPICS = Topics("edgegate/v1", SITE, GATE)
 SETTLE_S = 60.0
+# A fault test that hangs fails within this, instead of stalling the suite.
+TEST_BUDGET_S = 120.0
 
 
 def write_config(
@@ -100,7 +102,8 @@ class Gate:
         """SIGKILL: no drain, no ``stopped`` status, whatever was in flight is cut."""
         process = self._running()
         process.kill()
-        await process.wait()
+        async with asyncio.timeout(30):
+            await process.wait()
 
     async def stop(self) -> int:
         """SIGTERM and the exit code."""

@@ -15,7 +15,15 @@ from edgegate.localbroker import LocalBroker
 from simulators.r2000 import PtyEndpoint, R2000Simulator
 
 from .conftest import GateFiles
-from .support import BackOffice, Gate, Passages, settle, stop_passages, write_config
+from .support import (
+    TEST_BUDGET_S,
+    BackOffice,
+    Gate,
+    Passages,
+    settle,
+    stop_passages,
+    write_config,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -35,12 +43,14 @@ async def test_a_broker_killed_and_restarted_during_passages_loses_no_decision(
     back_office = BackOffice(fresh_broker, ack=True)
     kills = 3
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             office = group.create_task(back_office.run())
             await gate.start()
             stream = group.create_task(Passages(simulator).run())
-            for _ in range(kills):
-                await asyncio.sleep(rng.uniform(1.0, 2.0))
+            for kill in range(kills):
+                # Each kill hits a live connection: the gate is (re)connected first.
+                await gate.logs("mqtt.connected", kill + 1)
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
                 fresh_broker.kill()
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
                 fresh_broker.start()
@@ -69,7 +79,7 @@ async def test_a_frozen_broker_is_detected_and_the_gate_recovers_when_it_thaws(
     gate = Gate(files.config, files.state_dir, files.log)
     back_office = BackOffice(fresh_broker)
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             office = group.create_task(back_office.run())
             await gate.start()
             stream = group.create_task(Passages(simulator).run())

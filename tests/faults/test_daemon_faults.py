@@ -16,7 +16,15 @@ from edgegate.localbroker import LocalBroker
 from simulators.r2000 import PtyEndpoint, R2000Simulator
 
 from .conftest import GateFiles
-from .support import BackOffice, Gate, Passages, settle, stop_passages, write_config
+from .support import (
+    TEST_BUDGET_S,
+    BackOffice,
+    Gate,
+    Passages,
+    settle,
+    stop_passages,
+    write_config,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -34,7 +42,7 @@ async def test_a_daemon_killed_at_random_moments_loses_no_decision(
     back_office = BackOffice(fresh_broker)
     kills = 3
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             office = group.create_task(back_office.run())
             await back_office.subscribed.wait()
             stream = group.create_task(Passages(simulator).run())
@@ -67,7 +75,7 @@ async def test_the_outbox_survives_stops_and_kills_while_the_broker_is_away(
     gate = Gate(files.config, files.state_dir, files.log)
     back_office = BackOffice(fresh_broker)
     try:
-        async with asyncio.TaskGroup() as group:
+        async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             await gate.start()
             fresh_broker.stop()
             stream = group.create_task(Passages(simulator).run())

@@ -1,0 +1,265 @@
+"""Decision latency: passage close → decision committed, and → barrier coil written.
+
+Runs the daemon's real decision path in this process — whitelist lookup on a worker thread,
+the pure rules, the durable outbox commit (``synchronous=FULL``), then the gate plan driven
+over Modbus RTU through a pseudo-terminal to the pymodbus gate I/O simulator — for passages
+of 10, 100 and 1,000 tags against a whitelist of ``--items`` items (default 1,000,000).
+Every passage is a truck on its gate pass whose goods all match the manifest, so every
+decision is a pass and opens the barrier. The ceiling beside each figure is the bare cost of
+the same lookup as one raw SQLite ``IN`` query plus one bare ``synchronous=FULL`` commit,
+measured in the same run.
+
+Run: ``python -m bench.decide`` (about 2 minutes to build the 1M-item store), or
+``python -m bench.decide --items 50000 --rounds 20`` for a smoke run. Prints a table and
+writes bench/results/decide.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from edgegate.app import Daemon
+from edgegate.config import parse_config
+from edgegate.gate.model import ClosedPassage, CodeScanned, Direction, TagSummary
+from edgegate.localbroker import LocalBroker
+from edgegate.logs import configure_logging
+from edgegate.whitelist.bundle import (
+    TrustedKeys,
+    generate_keypair,
+    load_private_key,
+    sign_body,
+    verify_bundle,
+)
+from edgegate.whitelist.store import WhitelistStore
+from simulators.endpoints import PtyEndpoint
+from simulators.gateio import GateIoSimulator
+
+RESULTS = Path(__file__).parent / "results" / "decide.json"
+SIZES = (10, 100, 1000)
+SITE, OWNER, TRUCK = "HAK-CBZ", "91460000MA5T000001", "E20000000000000000001234"
+
+
+def epc(n: int) -> str:
+    return f"3074257BF7194E4{n:09X}"
+
+
+def pass_no(size: int) -> str:
+    return f"HP46012026112{size:05d}"
+
+
+def build_store(state_dir: Path, items: int) -> str:
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lines = [
+        json.dumps(
+            {
+                "type": "item",
+                "epc": epc(n),
+                "sku": f"SKU-{n % 97:03d}",
+                "owner": OWNER,
+                "status": "bonded",
+                "directions": ["in", "out"],
+                "destinations": [],
+            }
+        )
+        for n in range(items)
+    ]
+    lines.append(json.dumps({"type": "vehicle", "vehicle_tag": TRUCK, "vehicle_no": "琼A12345"}))
+    for size in SIZES:
+        declared: dict[str, int] = {}
+        for n in range(size):
+            declared[f"SKU-{n % 97:03d}"] = declared.get(f"SKU-{n % 97:03d}", 0) + 1
+        lines.append(
+            json.dumps(
+                {
+                    "type": "pass",
+                    "pass_no": pass_no(size),
+                    "pass_type": 2,
+                    "direction": "in",
+                    "status": "approved",
+                    "vehicle_tag": TRUCK,
+                    "owner": OWNER,
+                    "lines": [{"sku": k, "qty": v} for k, v in declared.items()],
+                    "valid_until": tomorrow,
+                }
+            )
+        )
+    header = json.dumps(
+        {
+            "format": "edgegate.whitelist",
+            "version": 1,
+            "kind": "snapshot",
+            "site": SITE,
+            "seq": 1,
+            "issued_at": stamp,
+            "issuer": "bench",
+            "count": len(lines),
+        }
+    )
+    private_b64, public_b64 = generate_keypair()
+    bundle = sign_body("\n".join([header, *lines]).encode(), load_private_key(private_b64))
+    del lines
+    with WhitelistStore.open(state_dir) as store:
+        store.apply(
+            verify_bundle(bundle, TrustedKeys.from_base64([public_b64])),
+            site=SITE,
+            sha256=hashlib.sha256(bundle).hexdigest(),
+            now=now,
+        )
+    return public_b64
+
+
+def passage(size: int, round_no: int, clock: float) -> ClosedPassage:
+    tags = tuple(
+        TagSummary(
+            epc=e,
+            reads=5,
+            rssi_max_dbm=-50.0,
+            antennas=(1,),
+            first_seen_mono_s=clock,
+            last_seen_mono_s=clock,
+        )
+        for e in [TRUCK, *(epc(n) for n in range(size))]
+    )
+    return ClosedPassage(
+        passage_id=f"bench-{size}-{round_no}",
+        opened_at_mono_s=clock - 1,
+        closed_at_mono_s=clock,
+        close_cause="pass_scanned",
+        direction=Direction.IN,
+        tags=tags,
+        codes=(CodeScanned(reader="scan-1", value=pass_no(size), at_mono_s=clock),),
+    )
+
+
+def ceiling_ms(state_dir: Path, size: int, rounds: int) -> list[float]:
+    """One raw SQLite IN lookup of the same EPCs plus one bare FULL-sync commit."""
+    lookup = sqlite3.connect(state_dir / "whitelist.db")
+    journal = sqlite3.connect(state_dir / "ceiling.db", isolation_level=None)
+    journal.execute("PRAGMA journal_mode=WAL")
+    journal.execute("PRAGMA synchronous=FULL")
+    journal.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, b BLOB)")
+    keys = [TRUCK, *(epc(n) for n in range(size))]
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for chunk in range(0, len(keys), 500):
+            part = keys[chunk : chunk + 500]
+            marks = ",".join("?" * len(part))
+            lookup.execute(f"SELECT * FROM items WHERE epc IN ({marks})", part).fetchall()
+        journal.execute("INSERT INTO t(b) VALUES (?)", (b"x" * 2000,))
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str, float]]:
+    figures: dict[str, dict[str, float]] = {}
+    async with GateIoSimulator() as io:
+        link = state_dir / "io-1"
+        endpoint = PtyEndpoint(io.converse, link)
+        with LocalBroker() as broker:
+            config = parse_config(
+                {
+                    "gate": {"site": SITE, "gate_id": "BENCH", "mode": "barrier"},
+                    "mqtt": {"host": broker.host, "port": broker.port},
+                    "storage": {"state_dir": str(state_dir)},
+                    "whitelist": {"trusted_keys": [key]},
+                    "inspection": {"enabled": False},
+                    "readers": [
+                        {"name": "io-1", "kind": "gate-io", "url": str(link), "poll_ms": 50}
+                    ],
+                },
+                environ={},
+            )
+            daemon = Daemon(config)
+            async with asyncio.TaskGroup() as group:
+                plug = group.create_task(endpoint.run())
+                running = group.create_task(daemon.run())
+                await daemon.ready.wait()
+                await io.until(lambda: io.coil_writes >= 0)
+                for size in SIZES:
+                    committed, coiled = [], []
+                    for round_no in range(rounds):
+                        closed = passage(size, round_no, time.monotonic())
+                        start = time.perf_counter()
+                        writes = io.coil_writes
+                        await daemon.decide_and_act(closed)
+                        committed.append((time.perf_counter() - start) * 1000)
+                        await io.until(
+                            lambda w=writes: (
+                                io.coil_writes > w  # type: ignore[misc]
+                                and io.coils()["barrier"]
+                            )
+                        )
+                        coiled.append((time.perf_counter() - start) * 1000)
+                        daemon.passage_ended(closed.passage_id)
+                        await io.until_coils(barrier=False)
+                    ceiling = ceiling_ms(state_dir, size, rounds)
+                    figures[str(size)] = {
+                        "commit_p50_ms": statistics.median(committed),
+                        "commit_p99_ms": pct(committed, 99),
+                        "coil_p50_ms": statistics.median(coiled),
+                        "coil_p99_ms": pct(coiled, 99),
+                        "ceiling_p50_ms": statistics.median(ceiling),
+                        "ceiling_p99_ms": pct(ceiling, 99),
+                    }
+                daemon.request_stop()
+                await running
+                plug.cancel()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.decide", description=__doc__)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=100)
+    args = parser.parse_args(argv)
+    configure_logging("error")
+    with tempfile.TemporaryDirectory(prefix="edgegate-bench-decide-") as work:
+        state_dir = Path(work)
+        started = time.perf_counter()
+        key = build_store(state_dir, args.items)
+        build_s = time.perf_counter() - started
+        figures = asyncio.run(measure(state_dir, key, args.rounds))
+    print(
+        f"whitelist: {args.items:,} items (built in {build_s:.0f} s); {args.rounds} passages "
+        "per size; every passage a pass that opens the barrier"
+    )
+    print(
+        f"{'tags':>6} {'close→commit p50/p99 ms':>25} {'close→coil p50/p99 ms':>23} "
+        f"{'ceiling p50/p99 ms':>20}"
+    )
+    for size, f in figures.items():
+        print(
+            f"{size:>6} {f['commit_p50_ms']:>12.2f} / {f['commit_p99_ms']:<10.2f}"
+            f"{f['coil_p50_ms']:>10.2f} / {f['coil_p99_ms']:<10.2f}"
+            f"{f['ceiling_p50_ms']:>8.2f} / {f['ceiling_p99_ms']:<8.2f}"
+        )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"items": args.items, "rounds": args.rounds, "build_s": build_s, "sizes": figures},
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
