@@ -191,9 +191,7 @@ async def test_shipped_scenario_is_decided_as_expected_at_the_coils(
                 decision = await reading
                 # The gate acts after the commit: wait for its outputs to settle.
                 shown = ("green",) if decision["decision"] == "pass" else ("red", "buzzer")
-                await io.until(
-                    lambda: any(all(state[c] for c in shown) for state in coil_history)
-                )
+                await io.until(lambda: any(all(state[c] for c in shown) for state in coil_history))
                 if scenario.expect.barrier_opened:
                     await io.until_coils(barrier=False)
             daemon.request_stop()
