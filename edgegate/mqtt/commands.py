@@ -1,7 +1,7 @@
 """Commands on ``G/cmd`` and their replies on ``G/cmd/reply`` (DESIGN.md §9).
 
 Owns parsing, authorisation and de-duplication of inbound commands, the reply for every
-command, and the audit event for every accepted state-changing command. What a command
+command, and the audit event for every accepted command. What a command
 *does* is up to the :class:`CommandTarget` the daemon supplies.
 
 Commands are JSON objects::
@@ -18,8 +18,8 @@ command cannot be replayed. ``ping`` and ``resync`` change nothing and need no s
 
 Invariants: every well-formed command gets exactly one reply (``ok`` true or false, with
 the reason); nothing a sender puts on ``G/cmd`` can raise out of :meth:`Commands.on_message`;
-a rejected command changes nothing; every accepted ``release`` / ``customs`` command is
-recorded as an audit event before it takes effect.
+a rejected command changes nothing; every accepted command is recorded as an audit event
+on ``G/audit`` before it takes effect.
 """
 
 from __future__ import annotations
@@ -179,11 +179,12 @@ class Commands:
         self._authority.check(raw, command)
         self._remember(command.command_id)
         accepted = Accepted(command.command_id, command.name, command.args, command.operator)
+        # Every accepted command is an event (DESIGN.md §8), recorded before it takes effect.
+        await self._audit(accepted)
         if command.name == "ping":
             return {"pong": instant(self._clock())}
         if command.name == "resync":
             return await self._target.resync(accepted)
-        await self._audit(accepted)
         if command.name == "release":
             return await self._target.release(accepted)
         return await self._target.customs(accepted)

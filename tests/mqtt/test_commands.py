@@ -225,8 +225,10 @@ async def test_malformed_commands_are_counted_and_answered_when_identifiable(
         assert str(answer["error"]).startswith(reply)
 
 
-async def test_ping_needs_no_signature(rig: Rig) -> None:
+async def test_ping_needs_no_signature_and_is_audited_too(rig: Rig) -> None:
     await rig.send({"command_id": "c-1", "name": "ping"})
     [reply] = await rig.published(TOPICS.cmd_reply)
+    [audit] = await rig.published(TOPICS.audit)
+    assert (audit["name"], audit["command_id"], audit["operator"]) == ("ping", "c-1", None)
     assert reply["ok"] is True
     assert str(reply["result"]["pong"]).endswith("Z")  # type: ignore[index]
