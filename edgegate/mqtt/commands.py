@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgegate.ids import uuid7
 from edgegate.mqtt.outbox import AsyncOutbox
-from edgegate.mqtt.payloads import instant
+from edgegate.mqtt.payloads import AuditEvent, CommandReply, instant
 from edgegate.mqtt.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,6 @@ MAX_COMMAND_BYTES = 16 * 1024
 MAX_SKEW_S = 300.0
 REMEMBERED_COMMAND_IDS = 10_000
 SIGNED_COMMANDS = frozenset({"release", "customs"})
-AUDIT_SCHEMA = "edgegate.audit/1"
 
 
 class CommandError(Exception):
@@ -196,18 +195,23 @@ class Commands:
 
     async def _audit(self, command: Accepted) -> None:
         event_id = uuid7()
-        event = {
-            "schema": AUDIT_SCHEMA,
-            "event_id": event_id,
-            "command_id": command.command_id,
-            "name": command.name,
-            "operator": command.operator,
-            "args": dict(command.args),
-            "at": instant(self._clock()),
-        }
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        event = AuditEvent(
+            event_id=event_id,
+            command_id=command.command_id,
+            name=command.name,
+            operator=command.operator,
+            args=dict(command.args),
+            at=instant(self._clock()),
+        )
+        body = event.to_bytes()
         await self._outbox.append(self._topics.audit, event_id, lambda _seq: body, counter="audit")
-        log.info("command.accepted", **{k: v for k, v in event.items() if k != "schema"})
+        log.info(
+            "command.accepted",
+            command_id=command.command_id,
+            name=command.name,
+            operator=command.operator,
+            event_id=event_id,
+        )
 
     async def _reply(
         self,
@@ -217,12 +221,7 @@ class Commands:
         error: str | None = None,
         result: dict[str, object] | None = None,
     ) -> None:
-        reply: dict[str, object] = {"command_id": command_id, "ok": ok}
-        if error is not None:
-            reply["error"] = error
-        if result is not None:
-            reply["result"] = result
-        body = json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        body = CommandReply(command_id=command_id, ok=ok, error=error, result=result).to_bytes()
         await self._outbox.append(
             self._topics.cmd_reply, uuid7(), lambda _seq: body, counter="cmd_reply"
         )

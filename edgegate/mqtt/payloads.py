@@ -178,7 +178,7 @@ class CommandReply(_Sparse):
 
 
 class AuditEvent(_Payload):
-    """``G/audit`` (extension of §9): an accepted state-changing command, before it acts."""
+    """``G/audit`` (extension of §9): an accepted command, recorded before it acts."""
 
     schema_id: str = Field(default="edgegate.audit/1", alias="schema")
     event_id: str
