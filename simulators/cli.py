@@ -27,10 +27,11 @@ from typing import Protocol
 
 from edgegate.devices.recorder import RecordingError
 from simulators import backoffice, scenario
+from simulators.endpoints import serve_pty, serve_tcp
 from simulators.faults import add_fault_arguments, fault_plan_from_args
 from simulators.gateio import GateIoSimulator
 from simulators.lcus import LcusSimulator
-from simulators.r2000 import R2000Simulator, serve_pty, serve_tcp
+from simulators.r2000 import R2000Simulator
 from simulators.replay import Replayer
 from simulators.scanner import ScannerSimulator
 from simulators.thingmagic import ThingMagicSimulator

@@ -1,6 +1,7 @@
 """Where a simulated device is reached: a pseudo-terminal or a TCP port, and its plug.
 
-Owns the two transports simulators serve on (scanner, gate I/O, relay board, ThingMagic),
+Owns the two transports every simulator serves on (R2000, ThingMagic, scanner, gate I/O,
+relay board) and :func:`serve_pty` / :func:`serve_tcp`, which serve a device with a fault plan,
 for any device whose behaviour is a *conversation*: an ``async`` callable given ``receive``
 (bytes from the host; ``b""`` when the host has gone) and ``send`` (bytes to the host), which
 runs until the host goes or it is cancelled. Also :class:`Changes`, how a test waits for a
@@ -26,6 +27,16 @@ import os
 import tty
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+from simulators.faults import (
+    NO_FAULTS,
+    Endpoint,
+    FaultLayer,
+    FaultPlan,
+    Replugging,
+    stable_link,
+    with_faults,
+)
 
 _READ_SIZE = 4096
 
@@ -155,6 +166,39 @@ async def _serve_connection(
     finally:
         connections.discard(task)
         writer.close()
+
+
+def serve_pty(converse: Conversation, faults: FaultPlan = NO_FAULTS) -> tuple[Endpoint, FaultLayer]:
+    """Serve ``converse`` on a pty with ``faults``; the layer tells what was applied.
+
+    When the plan unplugs, the url is a stable link that follows the device to each new pty.
+    """
+    layer = FaultLayer(faults)
+    faulty = with_faults(converse, layer)
+    if not faults.unplugs:
+        return PtyEndpoint(faulty), layer
+    link = stable_link()
+
+    async def replug() -> Endpoint:
+        return PtyEndpoint(faulty, link)
+
+    return Replugging(faults, PtyEndpoint(faulty, link), replug, link), layer
+
+
+async def serve_tcp(
+    converse: Conversation, host: str, port: int, faults: FaultPlan = NO_FAULTS
+) -> tuple[Endpoint, FaultLayer]:
+    """Serve ``converse`` on ``host:port`` with ``faults``; a replug listens on the same port."""
+    layer = FaultLayer(faults)
+    faulty = with_faults(converse, layer)
+    first = await TcpEndpoint.listen(faulty, host, port)
+    if not faults.unplugs:
+        return first, layer
+
+    async def replug() -> Endpoint:
+        return await TcpEndpoint.listen(faulty, host, first.port)
+
+    return Replugging(faults, first, replug), layer
 
 
 class Changes:

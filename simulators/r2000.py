@@ -5,8 +5,8 @@ Owns a field of tags and the reader behaviour the daemon relies on: real-time (8
 (76/77) and firmware version (72), on 4- or 8-port readers, with antenna ports that can be
 marked faulty. Bytes are produced by :mod:`edgegate.wire.r2000`'s device role, so the
 simulator and the daemon can only disagree about the protocol if the codec disagrees with
-PROTOCOLS.md. Its pty and TCP endpoints serve any conversation ``converse(receive, send)``
-(the replay device uses them too); faults come from :mod:`simulators.faults`.
+PROTOCOLS.md. It is served through :mod:`simulators.endpoints` (pty or TCP) like every
+other simulator; faults come from :mod:`simulators.faults`.
 
 Invariants:
 - an 89 / 8B round answers one tag frame per field tag on the current work antenna, then
@@ -20,20 +20,13 @@ Invariants:
 - the frequency index of every tag frame is fixed (default 7 = 902.0 MHz), so a known tag
   yields a byte-exact frame, e.g. the §1 golden vector;
 - requests on one connection are answered strictly in order, one at a time, like the
-  device, and every frame is written on its own, as the reader emits it;
-- an endpoint's ``run()`` releases its descriptors / sockets (and its link) however it
-  ends, cancellation included.
+  device, and every frame is written on its own, as the reader emits it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import os
-import tty
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgegate.wire.r2000 import (
     BROADCAST,
@@ -53,17 +46,10 @@ from edgegate.wire.r2000 import (
     encode_tag,
     pc_for_epc,
 )
+from simulators.endpoints import PtyEndpoint, TcpEndpoint
 from simulators.faults import (
-    NO_FAULTS,
-    Conversation,
-    Endpoint,
-    FaultLayer,
-    FaultPlan,
     Receive,
-    Replugging,
     Send,
-    stable_link,
-    with_faults,
 )
 
 _READ_SIZE = 4096
@@ -314,209 +300,3 @@ def _parse_epc(epc_hex: str) -> bytes:
         return bytes.fromhex(epc_hex)
     except ValueError:
         raise ValueError(f"an EPC is hex digits, got {epc_hex!r}") from None
-
-
-class PtyEndpoint:
-    """A device behind a pseudo-terminal: ``path`` is the serial port a host opens.
-
-    The endpoint keeps its own descriptor of the slave (port) side open for its whole
-    lifetime. Without it, whenever the last host closes the port — as the daemon does while
-    it reconnects — the kernel hangs up the master and every master read fails with EIO until
-    the port is reopened. Holding it makes the port behave like a real reader that stays
-    plugged in while nobody has it open. Closing the endpoint is the unplug: a host that
-    still has the port open then reads EIO.
-
-    With ``link``, the port is also published as that symlink (as udev publishes
-    ``/dev/serial/by-id/...``), ``url`` names the link, and closing removes it.
-    """
-
-    def __init__(self, converse: Conversation, link: Path | None = None) -> None:
-        self._converse = converse
-        self._link = link
-        self._master, self._slave = os.openpty()
-        try:
-            # Raw mode on the port side: no echo (the device would read its own replies back
-            # as requests), no CR/LF mapping and no XON/XOFF, since 0x11 and 0x13 are
-            # ordinary bytes in R2000 frames (0x11 is the "fail" status, §1).
-            tty.setraw(self._slave)
-            os.set_blocking(self._master, False)
-            self._path = os.ttyname(self._slave)
-            if link is not None:
-                # Replaced atomically, as udev does: a host never sees a half-made link.
-                staging = link.with_name(link.name + ".new")
-                staging.unlink(missing_ok=True)
-                staging.symlink_to(self._path)
-                staging.replace(link)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def path(self) -> str:
-        """The pty's slave path, e.g. ``/dev/pts/7``."""
-        return self._path
-
-    @property
-    def url(self) -> str:
-        """What a reader's ``url`` setting names to reach this endpoint."""
-        return str(self._link) if self._link is not None else self._path
-
-    async def run(self) -> None:
-        """Answer the host until cancelled; the pty is gone afterwards."""
-        try:
-            await self._converse(self._receive, self._send)
-            # A conversation that ends by itself (a replay played to its end) leaves the
-            # device plugged in and silent, like an idle reader.
-            await asyncio.get_running_loop().create_future()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close both sides of the pty and remove its link (idempotent)."""
-        if self._link is not None and self._master >= 0:
-            with contextlib.suppress(OSError):
-                self._link.unlink()
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
-
-    async def _receive(self) -> bytes:
-        while True:
-            try:
-                return os.read(self._master, _READ_SIZE)
-            except BlockingIOError:
-                await _until_ready(self._master, writable=False)
-
-    async def _send(self, data: bytes) -> None:
-        pending = memoryview(data)
-        while pending:
-            try:
-                pending = pending[os.write(self._master, pending) :]
-            except BlockingIOError:
-                await _until_ready(self._master, writable=True)
-
-
-class TcpEndpoint:
-    """A device behind a TCP listener, as a serial-to-Ethernet converter would expose it.
-
-    Each connection gets a conversation of its own.
-    """
-
-    def __init__(self, server: asyncio.Server, connections: set[asyncio.Task[None]]) -> None:
-        self._server = server
-        self._connections = connections
-        self._host, self._port = server.sockets[0].getsockname()[:2]
-
-    @classmethod
-    async def listen(cls, converse: Conversation, host: str, port: int) -> TcpEndpoint:
-        """Bind and start accepting; each connection is answered until it closes."""
-        connections: set[asyncio.Task[None]] = set()
-        server = await asyncio.start_server(
-            functools.partial(_serve_connection, converse, connections), host, port
-        )
-        return cls(server, connections)
-
-    @property
-    def port(self) -> int:
-        """The bound port (the one picked by the OS when 0 was asked for)."""
-        return int(self._port)
-
-    @property
-    def url(self) -> str:
-        """What a reader's ``url`` setting names to reach this endpoint."""
-        return f"socket://{self._host}:{self._port}"
-
-    async def run(self) -> None:
-        """Serve until cancelled; then stop listening and drop every connection."""
-        try:
-            # Not serve_forever(): from Python 3.12 its cleanup waits for the clients to
-            # disconnect, and they are only disconnected below.
-            await asyncio.get_running_loop().create_future()
-        finally:
-            self._server.close()
-            for task in self._connections:
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
-            await self._server.wait_closed()
-
-
-def serve_pty(converse: Conversation, faults: FaultPlan = NO_FAULTS) -> tuple[Endpoint, FaultLayer]:
-    """Serve ``converse`` on a pty with ``faults``; the layer tells what was applied.
-
-    When the plan unplugs, the url is a stable link that follows the device to each new pty.
-    """
-    layer = FaultLayer(faults)
-    faulty = with_faults(converse, layer)
-    if not faults.unplugs:
-        return PtyEndpoint(faulty), layer
-    link = stable_link()
-
-    async def replug() -> Endpoint:
-        return PtyEndpoint(faulty, link)
-
-    return Replugging(faults, PtyEndpoint(faulty, link), replug, link), layer
-
-
-async def serve_tcp(
-    converse: Conversation, host: str, port: int, faults: FaultPlan = NO_FAULTS
-) -> tuple[Endpoint, FaultLayer]:
-    """Serve ``converse`` on ``host:port`` with ``faults``; a replug listens on the same port."""
-    layer = FaultLayer(faults)
-    faulty = with_faults(converse, layer)
-    first = await TcpEndpoint.listen(faulty, host, port)
-    if not faults.unplugs:
-        return first, layer
-
-    async def replug() -> Endpoint:
-        return await TcpEndpoint.listen(faulty, host, first.port)
-
-    return Replugging(faults, first, replug), layer
-
-
-async def _serve_connection(
-    converse: Conversation,
-    connections: set[asyncio.Task[None]],
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
-    task = asyncio.current_task()
-    assert task is not None  # asyncio runs every client callback in a task
-    connections.add(task)
-
-    async def send(data: bytes) -> None:
-        writer.write(data)
-        await writer.drain()
-
-    try:
-        await converse(functools.partial(reader.read, _READ_SIZE), send)
-    except ConnectionError:
-        pass  # the host went away mid-reply: for a device that is not an error
-    except asyncio.CancelledError:
-        # Only TcpEndpoint.run cancels this task, and it awaits the outcome itself. Ending
-        # normally keeps asyncio 3.11's done-callback for client tasks, which calls
-        # task.exception() unguarded, from logging every unplug as an error.
-        pass
-    finally:
-        connections.discard(task)
-        writer.close()
-
-
-async def _until_ready(fd: int, *, writable: bool) -> None:
-    """Wait until ``fd`` is readable (or writable), via the loop's selector."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-    watch, unwatch = (
-        (loop.add_writer, loop.remove_writer) if writable else (loop.add_reader, loop.remove_reader)
-    )
-    watch(fd, _resolve, ready)
-    try:
-        await ready
-    finally:
-        unwatch(fd)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    # The selector may report the fd again before the waiting task runs and unregisters it.
-    if not future.done():
-        future.set_result(None)

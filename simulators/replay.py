@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgegate.devices.recorder import RecordedLink, RecordingError, read_recording
+from simulators.endpoints import PtyEndpoint, TcpEndpoint
 from simulators.faults import Receive, Send
-from simulators.r2000 import PtyEndpoint, TcpEndpoint
 
 
 class Replayer:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import random
 import pytest
 
 from edgegate.localbroker import LocalBroker
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 from .conftest import GateFiles
 from .support import (

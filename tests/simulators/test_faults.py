@@ -11,6 +11,7 @@ import pytest
 
 from edgegate.gate.model import ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.r2000 import Cmd, HostEvent, R2000Host, TagRead, encode_round_end, encode_tag
+from simulators.endpoints import PtyEndpoint, serve_pty, serve_tcp
 from simulators.faults import (
     NO_FAULTS,
     FaultLayer,
@@ -20,7 +21,7 @@ from simulators.faults import (
     Send,
     with_faults,
 )
-from simulators.r2000 import PtyEndpoint, R2000Simulator, serve_pty, serve_tcp
+from simulators.r2000 import R2000Simulator
 from tests.devices.test_r2000_session import (
     GOLDEN_EPC,
     NOW,

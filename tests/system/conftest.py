@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgegate.localbroker import LocalBroker
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 from .support import import_whitelist, reap, start_daemon, write_bundle, write_config
 

@@ -16,7 +16,8 @@ import aiomqtt
 import pytest
 
 from edgegate.localbroker import LocalBroker
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 from .support import (
     GATE,

@@ -13,7 +13,8 @@ import pytest
 
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.topics import Topics
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 from .support import start_daemon
 

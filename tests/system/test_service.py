@@ -20,7 +20,8 @@ from edgegate.config import Config, load_config
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.outbox import Outbox
 from edgegate.mqtt.topics import Topics
-from simulators.r2000 import PtyEndpoint, R2000Simulator
+from simulators.endpoints import PtyEndpoint
+from simulators.r2000 import R2000Simulator
 
 from .support import (
     KNOWN,
