@@ -25,11 +25,12 @@ import contextlib
 import functools
 import os
 import tty
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from simulators.faults import (
     NO_FAULTS,
+    Conversation,
     Endpoint,
     FaultLayer,
     FaultPlan,
@@ -39,10 +40,6 @@ from simulators.faults import (
 )
 
 _READ_SIZE = 4096
-
-Receive = Callable[[], Awaitable[bytes]]
-Send = Callable[[bytes], Awaitable[None]]
-Conversation = Callable[[Receive, Send], Awaitable[None]]
 
 
 class PtyEndpoint:

@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# The device side of a link, shared by every simulator endpoint (simulators.endpoints).
 Receive = Callable[[], Awaitable[bytes]]
 Send = Callable[[bytes], Awaitable[None]]
 Conversation = Callable[[Receive, Send], Awaitable[None]]

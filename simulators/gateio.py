@@ -36,12 +36,11 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from simulators.endpoints import (
     Changes,
     PtyEndpoint,
-    Receive,
-    Send,
     TcpEndpoint,
     read_fd,
     write_fd,
 )
+from simulators.faults import Receive, Send
 
 DEFAULT_INPUTS: Mapping[str, int] = {"A": 0, "B": 1, "loop": 2}
 DEFAULT_COILS: Mapping[str, int] = {"barrier": 0, "green": 1, "red": 2, "buzzer": 3}

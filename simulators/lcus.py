@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgegate.wire.lcus import LcusDecoder
-from simulators.endpoints import Changes, PtyEndpoint, Receive, Send, TcpEndpoint
+from simulators.endpoints import Changes, PtyEndpoint, TcpEndpoint
+from simulators.faults import Receive, Send
 
 
 class LcusSimulator:

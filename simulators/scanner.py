@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgegate.wire.lines import SUFFIXES
-from simulators.endpoints import PtyEndpoint, Receive, Send, TcpEndpoint
+from simulators.endpoints import PtyEndpoint, TcpEndpoint
+from simulators.faults import Receive, Send
 
 
 class ScannerSimulator:

@@ -49,7 +49,8 @@ from edgegate.wire.thingmagic import (
     encode_stop_ack,
     encode_tag_record,
 )
-from simulators.endpoints import PtyEndpoint, Receive, Send, TcpEndpoint
+from simulators.endpoints import PtyEndpoint, TcpEndpoint
+from simulators.faults import Receive, Send
 
 # The version reply of the M6e Nano in the captures (connect.log): bootloader, hardware,
 # firmware date and version, supported protocols.

@@ -36,7 +36,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +46,7 @@ import structlog
 from edgegate.config import R2000ReaderConfig
 from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import Backoff, LinkError, open_link
+from edgegate.devices.upkeep import release_link
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.r2000 import (
     AntennaFault,
@@ -161,7 +161,7 @@ class R2000Session:
             raise _ReaderError(f"link error: {exc}") from exc
         finally:
             self._retire(link.host)
-            await _close(writer)
+            await release_link(writer)
 
     async def _poll(self, link: _Link) -> None:
         await self._set_up(link)
@@ -372,17 +372,6 @@ class R2000Session:
         self._malformed += host.malformed
         self._resyncs += host.resyncs
         self._host = None
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    # abort(), not close(): nothing queued for a reader we are abandoning is worth waiting
-    # for, and a flush towards a wedged port could block forever. A transport that already
-    # closed itself on an error must not be closed twice (pyserial-asyncio-fast would run
-    # its teardown again on a released port).
-    if not writer.transport.is_closing():
-        writer.transport.abort()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
 
 
 def _describe(reply: Closing | AntennaFault) -> str:

@@ -41,6 +41,7 @@ import structlog
 from edgegate.config import ThingMagicReaderConfig
 from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import Backoff, LinkError, open_link
+from edgegate.devices.upkeep import release_link
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.thingmagic import (
     EmbeddedRead,
@@ -157,7 +158,7 @@ class ThingMagicSession:
             raise _ReaderError(f"link error: {exc}") from exc
         finally:
             self._retire(link.host)
-            await _close(writer)
+            await release_link(writer)
 
     async def _set_up(self, link: _Link) -> None:
         host, config = link.host, self._config
@@ -350,17 +351,6 @@ def _checksum_errors(host: ThingMagicHost) -> int:
 
 def _malformed(host: ThingMagicHost) -> int:
     return host.malformed + host.malformed_records
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    # abort(), not close(): nothing queued for a module we are abandoning is worth waiting
-    # for, and a flush towards a wedged port could block forever. A transport that already
-    # closed itself on an error must not be closed twice (pyserial-asyncio-fast would run
-    # its teardown again on a released port).
-    if not writer.transport.is_closing():
-        writer.transport.abort()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
 
 
 def _describe(status: int) -> str:

@@ -13,7 +13,8 @@ from edgegate.config import LcusReaderConfig
 from edgegate.devices.lcus import LcusSession
 from edgegate.devices.link import Backoff
 from edgegate.gate.model import GateOutputs, ReaderDown, ReaderUp
-from simulators.endpoints import PtyEndpoint, Receive, Send
+from simulators.endpoints import PtyEndpoint
+from simulators.faults import Receive, Send
 from simulators.lcus import LcusSimulator
 from tests.devices.support import Background, CountingBackoff, Observations, wait_until
 
