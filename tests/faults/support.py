@@ -237,6 +237,18 @@ async def settle(gate: Gate, back_office: BackOffice) -> Counts:
     return counts
 
 
+async def cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it, cancelling again if a cancel was swallowed.
+
+    aiomqtt awaits through ``asyncio.wait_for``, which on Python 3.11 can lose a cancel that
+    arrives as the awaited call completes (CPython gh-86296); the back office would then
+    reconnect and wait for messages for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+
+
 async def stop_passages(stream: asyncio.Task[None]) -> None:
     stream.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -21,6 +21,7 @@ from .support import (
     BackOffice,
     Gate,
     Passages,
+    cancel_until_done,
     settle,
     stop_passages,
     write_config,
@@ -58,7 +59,7 @@ async def test_a_broker_killed_and_restarted_during_passages_loses_no_decision(
             await asyncio.sleep(1.0)
             await stop_passages(stream)
             counts = await settle(gate, back_office)
-            office.cancel()
+            await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
         await gate.reap()
@@ -95,7 +96,7 @@ async def test_a_frozen_broker_is_detected_and_the_gate_recovers_when_it_thaws(
             fresh_broker.resume()
             await stop_passages(stream)
             counts = await settle(gate, back_office)
-            office.cancel()
+            await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
         await gate.reap()

@@ -22,6 +22,7 @@ from .support import (
     BackOffice,
     Gate,
     Passages,
+    cancel_until_done,
     settle,
     stop_passages,
     write_config,
@@ -57,7 +58,7 @@ async def test_a_daemon_killed_at_random_moments_loses_no_decision(
             await asyncio.sleep(1.5)
             await stop_passages(stream)
             counts = await settle(gate, back_office)
-            office.cancel()
+            await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
         await gate.reap()
@@ -94,7 +95,7 @@ async def test_the_outbox_survives_stops_and_kills_while_the_broker_is_away(
             await back_office.subscribed.wait()
             await gate.start()
             counts = await settle(gate, back_office)
-            office.cancel()
+            await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
         await gate.reap()
