@@ -40,7 +40,7 @@ from edgegate.gate.model import (
     Verdict,
 )
 from edgegate.gate.passage import PassageEnded, PassageTracker, TrackerEvent, TrackerSettings
-from edgegate.gate.rules import DecideContext, InspectionPolicy, decide
+from edgegate.gate.rules import DecideContext, Facts, InspectionPolicy, decide
 from edgegate.health import DecisionTally, Health, HealthSettings, HealthSources
 from edgegate.history import DepartureHistory
 from edgegate.ids import uuid7
@@ -67,7 +67,7 @@ from edgegate.mqtt.whitelist_link import WhitelistLink
 from edgegate.systemd import Notifier, credential
 from edgegate.whitelist.facts import gather_facts
 from edgegate.whitelist.freshness import freshness
-from edgegate.whitelist.store import WhitelistStore
+from edgegate.whitelist.store import WhitelistState, WhitelistStore
 from edgegate.whitelist.sync import SyncSettings, WhitelistSync
 
 log = structlog.get_logger(__name__)
@@ -483,6 +483,9 @@ class Daemon:
         self._control.decided(event.passage_id, verdict, decision.pass_no)
         # Only now, with the decision durable in the outbox, does the gate act (§10).
         self._gate.follow(plan_for_decision(verdict, self._actions))
+        # Bookkeeping waits until the gate has its orders: the barrier never waits for it,
+        # and a pass superseded by customs records no departure.
+        await self._after_commit(event, decision)
 
     async def _decide(
         self,
@@ -492,11 +495,9 @@ class Daemon:
         disposition: str | None = None,
     ) -> Decision:
         config = self._config
-        departed = await asyncio.to_thread(self._history.departed_among, passage.epcs)
-        facts = await asyncio.to_thread(gather_facts, store, passage, departed)
+        facts, state = await asyncio.to_thread(self._look_up, store, passage)
         pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
         disposition = disposition or self._control.disposition(passage.passage_id, pass_no)
-        state = await asyncio.to_thread(store.state)
         now = datetime.now(UTC)
         stale = freshness(state.issued_at, now, config.whitelist.max_age_s).stale
         decision = decide(
@@ -554,8 +555,14 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
-        await self._after_commit(passage, decision)
         return decision
+
+    def _look_up(
+        self, store: WhitelistStore, passage: ClosedPassage
+    ) -> tuple[Facts, WhitelistState]:
+        """Everything a decision reads from disk, in one trip to a worker thread."""
+        departed = self._history.departed_among(passage.epcs)
+        return gather_facts(store, passage, departed), store.state()
 
     async def _after_commit(self, passage: ClosedPassage, decision: Decision) -> None:
         """Bookkeeping that follows a durable decision: departures and overdue alarms."""

@@ -280,47 +280,51 @@ def build_decision_event(
     decided_at_s: float,
     whitelist_seq: int | None,
 ) -> DecisionEvent:
-    """Assemble the §9 decision event from a decided passage."""
+    """Assemble the §9 decision event from a decided passage.
+
+    The event is validated from plain data in one call: pydantic's core checks a thousand
+    tags in under a millisecond, where building a model per tag in Python costs several —
+    time spent between the durable commit and the barrier.
+    """
     tags = []
     for tag in passage.tags:
         record = decision.items.get(tag.epc)
         tags.append(
-            TagOut(
-                epc=tag.epc,
-                sku=record.sku if record else None,
-                status=record.status if record else None,
-                reads=tag.reads,
-                rssi_max=tag.rssi_max_dbm,
-                antennas=tag.antennas,
-            )
+            {
+                "epc": tag.epc,
+                "sku": record.sku if record else None,
+                "status": record.status if record else None,
+                "reads": tag.reads,
+                "rssi_max": tag.rssi_max_dbm,
+                "antennas": tag.antennas,
+            }
         )
-    return DecisionEvent(
-        event_id=event_id,
-        seq=seq,
-        site=site,
-        gate=gate,
-        passage_id=passage.passage_id,
-        decision=decision.verdict.value,
-        direction=passage.direction.value,
-        reasons=tuple(_reason_out(reason) for reason in decision.reasons),
-        opened_at=instant(wall_of(passage.opened_at_mono_s)),
-        closed_at=instant(wall_of(passage.closed_at_mono_s)),
-        decided_at=instant(decided_at_s),
-        tags=tuple(tags),
-        codes=tuple(_code_out(code) for code in passage.codes),
-        whitelist_seq=whitelist_seq,
-        close_cause=passage.close_cause,
-        vehicle_tag=decision.vehicle_tag,
-        pass_no=decision.pass_no,
-        inspection=(
-            InspectionOut(
-                p=decision.inspection.p,
-                seed_id=decision.inspection.seed_id,
-                drawn=decision.inspection.drawn,
-            )
-            if decision.inspection is not None
-            else None
-        ),
+    inspection = decision.inspection
+    return DecisionEvent.model_validate(
+        {
+            "event_id": event_id,
+            "seq": seq,
+            "site": site,
+            "gate": gate,
+            "passage_id": passage.passage_id,
+            "decision": decision.verdict.value,
+            "direction": passage.direction.value,
+            "reasons": [_reason_out(reason) for reason in decision.reasons],
+            "opened_at": instant(wall_of(passage.opened_at_mono_s)),
+            "closed_at": instant(wall_of(passage.closed_at_mono_s)),
+            "decided_at": instant(decided_at_s),
+            "tags": tags,
+            "codes": [_code_out(code) for code in passage.codes],
+            "whitelist_seq": whitelist_seq,
+            "close_cause": passage.close_cause,
+            "vehicle_tag": decision.vehicle_tag,
+            "pass_no": decision.pass_no,
+            "inspection": (
+                InspectionOut(p=inspection.p, seed_id=inspection.seed_id, drawn=inspection.drawn)
+                if inspection is not None
+                else None
+            ),
+        }
     )
 
 

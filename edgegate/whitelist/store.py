@@ -680,7 +680,10 @@ def _batches(
     upserts: list[_Row] = []
     deletes: list[str] = []
     item = RecordType.ITEM
-    for change in changes:
+    for entry in changes:
+        # An item record is a NamedTuple, so it is a tuple too: give item upserts one shape,
+        # the row, before telling rows from other changes by type.
+        change = item_to_row(entry) if isinstance(entry, ItemRecord) else entry
         if type(change) is tuple:  # a clean item upsert, the bulk of any snapshot
             if run_type is item and not run_delete and len(upserts) < BATCH:
                 upserts.append(_item_db_row(change))

@@ -32,6 +32,7 @@ from .support import (
     ENTERPRISE,
     EPC,
     EXAMPLES,
+    ITEM,
     PASS,
     SITE,
     VEHICLE,
@@ -125,6 +126,30 @@ def test_a_snapshot_then_a_delta_apply(store: WhitelistStore, forge: Forge) -> N
     assert sorted(found) == sorted([EPC, epc(1), epc(3)])
     assert found[epc(1)].status == "seized"
     assert store.enterprise(str(ENTERPRISE["owner"])) is None
+
+
+def test_items_taking_the_general_parse_path_keep_every_field_in_place(
+    store: WhitelistStore, forge: Forge
+) -> None:
+    # A lower-case EPC is valid but not the import's clean shape: it arrives as an
+    # ItemRecord (a tuple whose fields are in another order than a row), not as a row.
+    first_epc, second_epc = epc(0xABC), epc(0xDEF)
+    snapshot = forge.snapshot([item(first_epc.lower(), tid="E2801160" * 3)], seq=1)
+    store.apply(snapshot, site=SITE, sha256="a", now=NOW)
+    delta = forge.delta([{"op": "upsert", **item(second_epc.lower(), status="seized")}], seq=2)
+    store.apply(delta, site=SITE, sha256="b", now=NOW)
+
+    first, second = store.item(first_epc), store.item(second_epc)
+    assert first is not None
+    assert second is not None
+    assert (first.epc, first.tid, first.sku, first.status, first.owner) == (
+        first_epc,
+        "E2801160" * 3,
+        ITEM["sku"],
+        ITEM["status"],
+        ITEM["owner"],
+    )
+    assert (second.epc, second.sku, second.status) == (second_epc, ITEM["sku"], "seized")
 
 
 def test_a_snapshot_replaces_every_record_type(store: WhitelistStore, forge: Forge) -> None:
