@@ -17,6 +17,7 @@ Run: ``python -m bench.codecs`` (prints a table, writes bench/results/codecs.jso
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import platform
@@ -207,7 +208,8 @@ async def pipeline_rows() -> list[Row]:
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m bench codecs", description=__doc__).parse_args(argv)
     configure_logging("warning", stream=sys.stderr)  # sessions log reader.up: keep the table
     rows = codec_rows() + asyncio.run(pipeline_rows())
     header = (
@@ -239,7 +241,8 @@ def main() -> None:
         + "\n"
     )
     print(f"wrote {RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
