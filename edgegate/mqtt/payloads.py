@@ -16,6 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
+import msgspec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,7 +25,7 @@ from pydantic import (
     model_serializer,
 )
 
-from edgegate.gate.model import ClosedPassage, CodeScanned, Decision, Reason
+from edgegate.gate.model import ClosedPassage, Decision, Reason
 
 DECISION_SCHEMA = "edgegate.decision/1"
 
@@ -268,6 +269,41 @@ def instant(epoch_s: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def decision_event_json(
+    *,
+    event_id: str,
+    seq: int,
+    site: str,
+    gate: str,
+    passage: ClosedPassage,
+    decision: Decision,
+    wall_of: WallClock,
+    decided_at_s: float,
+    whitelist_seq: int | None,
+) -> bytes:
+    """The §9 decision event as compact UTF-8 JSON, encoded straight from the domain values.
+
+    This runs between the start of the durable commit and the barrier: for a 1,000-tag
+    passage, validating and serialising :class:`DecisionEvent` costs about 1.7 ms, this
+    about 0.3 ms. :class:`DecisionEvent` remains the contract (docs/asyncapi.yaml is
+    generated from it, :func:`build_decision_event` returns it) and a property test holds
+    the two to the same JSON for any decided passage.
+    """
+    return _ENCODER.encode(
+        _decision_fields(
+            event_id=event_id,
+            seq=seq,
+            site=site,
+            gate=gate,
+            passage=passage,
+            decision=decision,
+            wall_of=wall_of,
+            decided_at_s=decided_at_s,
+            whitelist_seq=whitelist_seq,
+        )
+    )
+
+
 def build_decision_event(
     *,
     event_id: str,
@@ -280,15 +316,42 @@ def build_decision_event(
     decided_at_s: float,
     whitelist_seq: int | None,
 ) -> DecisionEvent:
-    """Assemble the §9 decision event from a decided passage.
+    """Assemble the §9 decision event from a decided passage, validated."""
+    return DecisionEvent.model_validate(
+        _decision_fields(
+            event_id=event_id,
+            seq=seq,
+            site=site,
+            gate=gate,
+            passage=passage,
+            decision=decision,
+            wall_of=wall_of,
+            decided_at_s=decided_at_s,
+            whitelist_seq=whitelist_seq,
+        )
+    )
 
-    The event is validated from plain data in one call: pydantic's core checks a thousand
-    tags in under a millisecond, where building a model per tag in Python costs several —
-    time spent between the durable commit and the barrier.
-    """
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def _decision_fields(
+    *,
+    event_id: str,
+    seq: int,
+    site: str,
+    gate: str,
+    passage: ClosedPassage,
+    decision: Decision,
+    wall_of: WallClock,
+    decided_at_s: float,
+    whitelist_seq: int | None,
+) -> dict[str, object]:
+    # Keys in DecisionEvent's field order, absent values as DecisionEvent serialises them.
+    items = decision.items
     tags = []
     for tag in passage.tags:
-        record = decision.items.get(tag.epc)
+        record = items.get(tag.epc)
         tags.append(
             {
                 "epc": tag.epc,
@@ -300,32 +363,31 @@ def build_decision_event(
             }
         )
     inspection = decision.inspection
-    return DecisionEvent.model_validate(
-        {
-            "event_id": event_id,
-            "seq": seq,
-            "site": site,
-            "gate": gate,
-            "passage_id": passage.passage_id,
-            "decision": decision.verdict.value,
-            "direction": passage.direction.value,
-            "reasons": [_reason_out(reason) for reason in decision.reasons],
-            "opened_at": instant(wall_of(passage.opened_at_mono_s)),
-            "closed_at": instant(wall_of(passage.closed_at_mono_s)),
-            "decided_at": instant(decided_at_s),
-            "tags": tags,
-            "codes": [_code_out(code) for code in passage.codes],
-            "whitelist_seq": whitelist_seq,
-            "close_cause": passage.close_cause,
-            "vehicle_tag": decision.vehicle_tag,
-            "pass_no": decision.pass_no,
-            "inspection": (
-                InspectionOut(p=inspection.p, seed_id=inspection.seed_id, drawn=inspection.drawn)
-                if inspection is not None
-                else None
-            ),
-        }
-    )
+    return {
+        "schema": DECISION_SCHEMA,
+        "event_id": event_id,
+        "seq": seq,
+        "site": site,
+        "gate": gate,
+        "passage_id": passage.passage_id,
+        "decision": decision.verdict.value,
+        "direction": passage.direction.value,
+        "reasons": [_reason_fields(reason) for reason in decision.reasons],
+        "opened_at": instant(wall_of(passage.opened_at_mono_s)),
+        "closed_at": instant(wall_of(passage.closed_at_mono_s)),
+        "decided_at": instant(decided_at_s),
+        "tags": tags,
+        "codes": [{"reader": code.reader, "value": code.value} for code in passage.codes],
+        "vehicle_tag": decision.vehicle_tag,
+        "pass_no": decision.pass_no,
+        "inspection": (
+            {"p": inspection.p, "seed_id": inspection.seed_id, "drawn": inspection.drawn}
+            if inspection is not None
+            else None
+        ),
+        "whitelist_seq": whitelist_seq,
+        "close_cause": passage.close_cause,
+    }
 
 
 class WallClock:
@@ -338,9 +400,11 @@ class WallClock:
         return mono_s + self._offset_s
 
 
-def _reason_out(reason: Reason) -> ReasonOut:
-    return ReasonOut(code=reason.code.value, epcs=reason.epcs or None, detail=reason.detail)
-
-
-def _code_out(code: CodeScanned) -> CodeOut:
-    return CodeOut(reader=code.reader, value=code.value)
+def _reason_fields(reason: Reason) -> dict[str, object]:
+    # ReasonOut is sparse: absent keys are omitted, not null (§9).
+    fields: dict[str, object] = {"code": reason.code.value}
+    if reason.epcs:
+        fields["epcs"] = reason.epcs
+    if reason.detail is not None:
+        fields["detail"] = reason.detail
+    return fields
