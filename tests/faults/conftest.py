@@ -12,6 +12,9 @@ import pytest
 from simulators.endpoints import PtyEndpoint
 from simulators.r2000 import R2000Simulator
 
+# A fault test that hangs fails within this, instead of stalling the suite.
+TEST_BUDGET_S = 120.0
+
 
 @pytest.fixture
 async def reader() -> AsyncIterator[tuple[R2000Simulator, PtyEndpoint]]:

@@ -1,7 +1,7 @@
 """The broker fails under a stream of passages; not one decision may be lost.
 
 Real mosquitto, the daemon as a process, the R2000 simulator on a pty driving passages, and a
-back office that counts what arrives (tests/faults/support.py). Every test prints its counts.
+back office that counts what arrives (simulators/harness.py). Every test prints its counts.
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ import pytest
 
 from edgegate.localbroker import LocalBroker
 from simulators.endpoints import PtyEndpoint
-from simulators.r2000 import R2000Simulator
-
-from .conftest import GateFiles
-from .support import (
-    TEST_BUDGET_S,
-    BackOffice,
+from simulators.harness import (
     Gate,
     Passages,
+    Receiver,
     cancel_until_done,
     settle,
     stop_passages,
     write_config,
 )
+from simulators.r2000 import R2000Simulator
+
+from .conftest import TEST_BUDGET_S, GateFiles
 
 pytestmark = pytest.mark.faults
 
@@ -42,7 +41,7 @@ async def test_a_broker_killed_and_restarted_during_passages_loses_no_decision(
     rng = random.Random(seed)
     write_config(files.config, files.state_dir, fresh_broker, endpoint.path, ack="app")
     gate = Gate(files.config, files.state_dir, files.log)
-    back_office = BackOffice(fresh_broker, ack=True)
+    back_office = Receiver(fresh_broker, ack=True)
     kills = 3
     try:
         async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
@@ -59,6 +58,7 @@ async def test_a_broker_killed_and_restarted_during_passages_loses_no_decision(
             await asyncio.sleep(1.0)
             await stop_passages(stream)
             counts = await settle(gate, back_office)
+            print(f"counts: {counts}")
             await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
@@ -79,7 +79,7 @@ async def test_a_frozen_broker_is_detected_and_the_gate_recovers_when_it_thaws(
     simulator, endpoint = reader
     write_config(files.config, files.state_dir, fresh_broker, endpoint.path)
     gate = Gate(files.config, files.state_dir, files.log)
-    back_office = BackOffice(fresh_broker)
+    back_office = Receiver(fresh_broker)
     try:
         async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             office = group.create_task(back_office.run())
@@ -96,6 +96,7 @@ async def test_a_frozen_broker_is_detected_and_the_gate_recovers_when_it_thaws(
             fresh_broker.resume()
             await stop_passages(stream)
             counts = await settle(gate, back_office)
+            print(f"counts: {counts}")
             await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:

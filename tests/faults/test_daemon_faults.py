@@ -2,7 +2,7 @@
 lost: what was committed to the outbox is published after the restart.
 
 Real mosquitto, the daemon as a process, the R2000 simulator on a pty driving passages, and a
-back office that counts what arrives (tests/faults/support.py). Every test prints its counts.
+back office that counts what arrives (simulators/harness.py). Every test prints its counts.
 """
 
 from __future__ import annotations
@@ -14,19 +14,18 @@ import pytest
 
 from edgegate.localbroker import LocalBroker
 from simulators.endpoints import PtyEndpoint
-from simulators.r2000 import R2000Simulator
-
-from .conftest import GateFiles
-from .support import (
-    TEST_BUDGET_S,
-    BackOffice,
+from simulators.harness import (
     Gate,
     Passages,
+    Receiver,
     cancel_until_done,
     settle,
     stop_passages,
     write_config,
 )
+from simulators.r2000 import R2000Simulator
+
+from .conftest import TEST_BUDGET_S, GateFiles
 
 pytestmark = pytest.mark.faults
 
@@ -41,7 +40,7 @@ async def test_a_daemon_killed_at_random_moments_loses_no_decision(
     rng = random.Random(seed)
     write_config(files.config, files.state_dir, fresh_broker, endpoint.path)
     gate = Gate(files.config, files.state_dir, files.log)
-    back_office = BackOffice(fresh_broker)
+    back_office = Receiver(fresh_broker)
     kills = 3
     try:
         async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
@@ -58,6 +57,7 @@ async def test_a_daemon_killed_at_random_moments_loses_no_decision(
             await asyncio.sleep(1.5)
             await stop_passages(stream)
             counts = await settle(gate, back_office)
+            print(f"counts: {counts}")
             await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
@@ -75,7 +75,7 @@ async def test_the_outbox_survives_stops_and_kills_while_the_broker_is_away(
     simulator, endpoint = reader
     write_config(files.config, files.state_dir, fresh_broker, endpoint.path)
     gate = Gate(files.config, files.state_dir, files.log)
-    back_office = BackOffice(fresh_broker)
+    back_office = Receiver(fresh_broker)
     try:
         async with asyncio.timeout(TEST_BUDGET_S), asyncio.TaskGroup() as group:
             await gate.start()
@@ -95,6 +95,7 @@ async def test_the_outbox_survives_stops_and_kills_while_the_broker_is_away(
             await back_office.subscribed.wait()
             await gate.start()
             counts = await settle(gate, back_office)
+            print(f"counts: {counts}")
             await cancel_until_done(office)
         assert await gate.stop() == 0
     finally:
