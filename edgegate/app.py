@@ -469,7 +469,7 @@ class Daemon:
         if isinstance(event, PassageEnded):
             self.passage_ended(event.passage_id)
             return
-        decision = await self._decide(event, outbox, store)
+        decision, departed = await self._decide(event, outbox, store)
         wait_s = self._config.commands.customs_wait_ms / 1000
         if decision.verdict is Verdict.PASS and wait_s > 0:
             # A pass waits for customs; a reject / manual disposition supersedes it with a
@@ -478,14 +478,14 @@ class Daemon:
                 event.passage_id, decision.pass_no, wait_s
             )
             if disposition in {"reject", "manual"}:
-                decision = await self._decide(event, outbox, store, disposition)
+                decision, departed = await self._decide(event, outbox, store, disposition)
         verdict = decision.verdict
         self._control.decided(event.passage_id, verdict, decision.pass_no)
         # Only now, with the decision durable in the outbox, does the gate act (§10).
         self._gate.follow(plan_for_decision(verdict, self._actions))
         # Bookkeeping waits until the gate has its orders: the barrier never waits for it,
         # and a pass superseded by customs records no departure.
-        await self._after_commit(event, decision)
+        await self._after_commit(event, decision, departed)
 
     async def _decide(
         self,
@@ -493,7 +493,8 @@ class Daemon:
         outbox: AsyncOutbox,
         store: WhitelistStore,
         disposition: str | None = None,
-    ) -> Decision:
+    ) -> tuple[Decision, frozenset[str]]:
+        """Decide, commit, and say which of the passage's EPCs the departure history held."""
         config = self._config
         facts, state = await asyncio.to_thread(self._look_up, store, passage)
         pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
@@ -555,7 +556,7 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
-        return decision
+        return decision, facts.departed
 
     def _look_up(
         self, store: WhitelistStore, passage: ClosedPassage
@@ -564,12 +565,16 @@ class Daemon:
         departed = self._history.departed_among(passage.epcs)
         return gather_facts(store, passage, departed), store.state()
 
-    async def _after_commit(self, passage: ClosedPassage, decision: Decision) -> None:
+    async def _after_commit(
+        self, passage: ClosedPassage, decision: Decision, departed: frozenset[str]
+    ) -> None:
         """Bookkeeping that follows a durable decision: departures and overdue alarms."""
         if decision.verdict is Verdict.PASS and passage.direction is not Direction.UNKNOWN:
             goods = [epc for epc, record in decision.items.items() if record is not None]
             outbound = passage.direction is Direction.OUT
-            await asyncio.to_thread(self._history.record, outbound=outbound, epcs=goods)
+            await asyncio.to_thread(
+                self._history.record, outbound=outbound, epcs=goods, known=departed
+            )
         if decision.overdue_epcs:
             count = len(decision.overdue_epcs)
             await self._alarms.raise_alarm(

@@ -23,6 +23,8 @@ class DepartureHistory:
     def __init__(self, db: sqlite3.Connection, max_rows: int) -> None:
         self._db = db
         self._max_rows = max_rows
+        # Rows in ``departed``, counted once on the first departure (not at start-up).
+        self._rows: int | None = None
 
     @classmethod
     def open(cls, state_dir: Path, max_rows: int = 5_000_000) -> Self:
@@ -51,27 +53,50 @@ class DepartureHistory:
             found.update(row[0] for row in rows)
         return frozenset(found)
 
-    def record(self, *, outbound: bool, epcs: Iterable[str]) -> None:
-        rows = [(epc,) for epc in epcs]
-        if not rows:
+    def record(self, *, outbound: bool, epcs: Iterable[str], known: frozenset[str]) -> None:
+        """A passed passage's goods left (``outbound``) or came in.
+
+        ``known`` is what :meth:`departed_among` said of these EPCs when the passage was
+        looked up (this history has one writer, the decision path, so it still holds): goods
+        coming in that never left change nothing, and goods leaving add exactly the EPCs not
+        already held — which keeps the row count without counting the table each time.
+        """
+        wanted = list(dict.fromkeys(epcs))
+        changed = (
+            [epc for epc in wanted if epc not in known]
+            if outbound
+            else [epc for epc in wanted if epc in known]
+        )
+        if not (wanted if outbound else changed):
             return
         db = self._db
+        if outbound and self._rows is None:
+            self._rows = int(db.execute("SELECT count(*) FROM departed").fetchone()[0])
         db.execute("BEGIN IMMEDIATE")
         try:
             if outbound:
                 now = time.time()
                 db.executemany(
                     "INSERT OR REPLACE INTO departed(epc, at) VALUES (?, ?)",
-                    [(epc, now) for (epc,) in rows],
+                    [(epc, now) for epc in wanted],
                 )
-                db.execute(
-                    "DELETE FROM departed WHERE epc IN (SELECT epc FROM departed"
-                    " ORDER BY at DESC LIMIT -1 OFFSET ?)",
-                    (self._max_rows,),
-                )
+                rows = (self._rows or 0) + len(changed)
+                if rows > self._max_rows:
+                    # Oldest first, through the index on ``at``: the cost is the excess only.
+                    db.execute(
+                        "DELETE FROM departed WHERE epc IN"
+                        " (SELECT epc FROM departed ORDER BY at LIMIT ?)",
+                        (rows - self._max_rows,),
+                    )
+                    rows = self._max_rows
             else:
-                db.executemany("DELETE FROM departed WHERE epc = ?", rows)
+                db.executemany("DELETE FROM departed WHERE epc = ?", [(e,) for e in changed])
         except BaseException:
             db.execute("ROLLBACK")
+            self._rows = None  # recounted on the next departure
             raise
         db.execute("COMMIT")
+        if outbound:
+            self._rows = rows
+        elif self._rows is not None:
+            self._rows -= len(changed)

@@ -11,9 +11,9 @@ A, B, C = "3074257BF7194E4000001A85", "3074257BF7194E4000001A86", "3074257BF7194
 
 def test_goods_that_left_are_remembered_until_they_come_back_in(tmp_path: Path) -> None:
     history = DepartureHistory.open(tmp_path)
-    history.record(outbound=True, epcs=[A, B])
+    history.record(outbound=True, epcs=[A, B], known=history.departed_among([A, B]))
     assert history.departed_among([A, B, C]) == {A, B}
-    history.record(outbound=False, epcs=[A])
+    history.record(outbound=False, epcs=[A, C], known=history.departed_among([A, C]))
     assert history.departed_among([A, B, C]) == {B}
     history.close()
     assert DepartureHistory.open(tmp_path).departed_among([A, B]) == {B}
@@ -22,12 +22,24 @@ def test_goods_that_left_are_remembered_until_they_come_back_in(tmp_path: Path) 
 def test_the_history_is_bounded_keeping_the_newest(tmp_path: Path) -> None:
     history = DepartureHistory.open(tmp_path, max_rows=2)
     for epc in (A, B, C):
-        history.record(outbound=True, epcs=[epc])
+        history.record(outbound=True, epcs=[epc], known=history.departed_among([epc]))
     assert history.departed_among([A, B, C]) == {B, C}
+
+
+def test_the_bound_counts_goods_leaving_again_once(tmp_path: Path) -> None:
+    history = DepartureHistory.open(tmp_path, max_rows=2)
+    history.record(outbound=True, epcs=[A, B], known=frozenset())
+    # A leaves again (its tag was re-used after it came back unseen): still two rows.
+    history.record(outbound=True, epcs=[A], known=history.departed_among([A]))
+    assert history.departed_among([A, B, C]) == {A, B}
+    history.close()
+    reopened = DepartureHistory.open(tmp_path, max_rows=2)
+    reopened.record(outbound=True, epcs=[C], known=frozenset())
+    assert reopened.departed_among([A, B, C]) == {A, C}
 
 
 def test_lookups_work_past_the_sqlite_parameter_chunk(tmp_path: Path) -> None:
     history = DepartureHistory.open(tmp_path)
     epcs = [f"{n:024X}" for n in range(1200)]
-    history.record(outbound=True, epcs=epcs[::2])
+    history.record(outbound=True, epcs=epcs[::2], known=frozenset())
     assert history.departed_among(epcs) == frozenset(epcs[::2])
