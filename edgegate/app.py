@@ -493,10 +493,11 @@ class Daemon:
         outbox: AsyncOutbox,
         store: WhitelistStore,
         disposition: str | None = None,
-    ) -> tuple[Decision, frozenset[str]]:
-        """Decide, commit, and say which of the passage's EPCs the departure history held."""
+    ) -> tuple[Decision, frozenset[str] | None]:
+        """Decide and commit; also which of the passage's EPCs the departure history held
+        (None where it was not asked: only an outbound passage needs it)."""
         config = self._config
-        facts, state = await asyncio.to_thread(self._look_up, store, passage)
+        facts, departed, state = await asyncio.to_thread(self._look_up, store, passage)
         pass_no = facts.gate_pass.pass_no if facts.gate_pass else facts.scanned_pass_no
         disposition = disposition or self._control.disposition(passage.passage_id, pass_no)
         now = datetime.now(UTC)
@@ -556,17 +557,19 @@ class Daemon:
             tags=len(passage.tags),
             cause=passage.close_cause,
         )
-        return decision, facts.departed
+        return decision, departed
 
     def _look_up(
         self, store: WhitelistStore, passage: ClosedPassage
-    ) -> tuple[Facts, WhitelistState]:
+    ) -> tuple[Facts, frozenset[str] | None, WhitelistState]:
         """Everything a decision reads from disk, in one trip to a worker thread."""
-        departed = self._history.departed_among(passage.epcs)
-        return gather_facts(store, passage, departed), store.state()
+        # Only goods going out can be clones of goods already outside (DESIGN.md §8).
+        outbound = passage.direction is Direction.OUT
+        departed = self._history.departed_among(passage.epcs) if outbound else None
+        return gather_facts(store, passage, departed or frozenset()), departed, store.state()
 
     async def _after_commit(
-        self, passage: ClosedPassage, decision: Decision, departed: frozenset[str]
+        self, passage: ClosedPassage, decision: Decision, departed: frozenset[str] | None
     ) -> None:
         """Bookkeeping that follows a durable decision: departures and overdue alarms."""
         if decision.verdict is Verdict.PASS and passage.direction is not Direction.UNKNOWN:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -53,50 +54,63 @@ class DepartureHistory:
             found.update(row[0] for row in rows)
         return frozenset(found)
 
-    def record(self, *, outbound: bool, epcs: Iterable[str], known: frozenset[str]) -> None:
+    def record(self, *, outbound: bool, epcs: Iterable[str], known: frozenset[str] | None) -> None:
         """A passed passage's goods left (``outbound``) or came in.
 
         ``known`` is what :meth:`departed_among` said of these EPCs when the passage was
-        looked up (this history has one writer, the decision path, so it still holds): goods
-        coming in that never left change nothing, and goods leaving add exactly the EPCs not
-        already held — which keeps the row count without counting the table each time.
+        looked up (this history has one writer, the decision path, so it still holds), or
+        None when it was not asked. Goods coming in that are known never to have left
+        change nothing; goods leaving add exactly the EPCs not already held, which keeps
+        the row count without counting the table each time.
         """
         wanted = list(dict.fromkeys(epcs))
-        changed = (
-            [epc for epc in wanted if epc not in known]
-            if outbound
-            else [epc for epc in wanted if epc in known]
-        )
-        if not (wanted if outbound else changed):
+        if outbound:
+            self._leave(wanted, known)
+        elif known is None:
+            self._come_back(wanted, counted=False)
+        else:
+            self._come_back([epc for epc in wanted if epc in known], counted=True)
+
+    def _leave(self, epcs: list[str], known: frozenset[str] | None) -> None:
+        if not epcs:
             return
+        with self._transaction() as db:
+            now = time.time()
+            db.executemany(
+                "INSERT OR REPLACE INTO departed(epc, at) VALUES (?, ?)",
+                [(epc, now) for epc in epcs],
+            )
+            if known is None or self._rows is None:
+                rows = int(db.execute("SELECT count(*) FROM departed").fetchone()[0])
+            else:
+                rows = self._rows + sum(1 for epc in epcs if epc not in known)
+            if rows > self._max_rows:
+                # Oldest first, through the index on ``at``: the cost is the excess only.
+                db.execute(
+                    "DELETE FROM departed WHERE epc IN"
+                    " (SELECT epc FROM departed ORDER BY at LIMIT ?)",
+                    (rows - self._max_rows,),
+                )
+                rows = self._max_rows
+        self._rows = rows
+
+    def _come_back(self, epcs: list[str], *, counted: bool) -> None:
+        if not epcs:
+            return
+        with self._transaction() as db:
+            db.executemany("DELETE FROM departed WHERE epc = ?", [(epc,) for epc in epcs])
+        # Deleting EPCs that were never there changes nothing: unless each was known to be
+        # there, count again on the next departure.
+        self._rows = self._rows - len(epcs) if counted and self._rows is not None else None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
-        if outbound and self._rows is None:
-            self._rows = int(db.execute("SELECT count(*) FROM departed").fetchone()[0])
         db.execute("BEGIN IMMEDIATE")
         try:
-            if outbound:
-                now = time.time()
-                db.executemany(
-                    "INSERT OR REPLACE INTO departed(epc, at) VALUES (?, ?)",
-                    [(epc, now) for epc in wanted],
-                )
-                rows = (self._rows or 0) + len(changed)
-                if rows > self._max_rows:
-                    # Oldest first, through the index on ``at``: the cost is the excess only.
-                    db.execute(
-                        "DELETE FROM departed WHERE epc IN"
-                        " (SELECT epc FROM departed ORDER BY at LIMIT ?)",
-                        (rows - self._max_rows,),
-                    )
-                    rows = self._max_rows
-            else:
-                db.executemany("DELETE FROM departed WHERE epc = ?", [(e,) for e in changed])
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
-            self._rows = None  # recounted on the next departure
+            self._rows = None
             raise
         db.execute("COMMIT")
-        if outbound:
-            self._rows = rows
-        elif self._rows is not None:
-            self._rows -= len(changed)

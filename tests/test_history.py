@@ -43,3 +43,15 @@ def test_lookups_work_past_the_sqlite_parameter_chunk(tmp_path: Path) -> None:
     epcs = [f"{n:024X}" for n in range(1200)]
     history.record(outbound=True, epcs=epcs[::2], known=frozenset())
     assert history.departed_among(epcs) == frozenset(epcs[::2])
+
+
+def test_goods_coming_in_unlooked_up_are_forgotten_and_the_bound_still_holds(
+    tmp_path: Path,
+) -> None:
+    history = DepartureHistory.open(tmp_path, max_rows=2)
+    history.record(outbound=True, epcs=[A, B], known=frozenset())
+    history.record(outbound=False, epcs=[A, C], known=None)  # C never left: no harm
+    assert history.departed_among([A, B, C]) == {B}
+    history.record(outbound=True, epcs=[C], known=frozenset())
+    history.record(outbound=True, epcs=[A], known=frozenset())
+    assert history.departed_among([A, B, C]) == {C, A}
