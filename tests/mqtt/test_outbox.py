@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from edgegate.mqtt.alarms import AlarmKind, Alarms, overflow_alarm
-from edgegate.mqtt.outbox import AsyncOutbox, NewEvent, Outbox, OutboxLimits
+from edgegate.mqtt.outbox import Appended, AsyncOutbox, NewEvent, Outbox, OutboxLimits
 from edgegate.mqtt.topics import Topics
 
 
@@ -298,3 +301,205 @@ def test_bookkeeping_after_delivery_leaves_the_outbox_fully_synchronous(tmp_path
     box.acknowledge(["e2"])
     assert box._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
     assert box.stats().depth == 0
+
+
+# ------------------------------------------------------------------ group commit and the tail
+
+
+def event(n: int, payload: bytes | None = None) -> NewEvent:
+    body = payload if payload is not None else b"p%d" % n
+    return NewEvent(TOPICS.decision, f"e{n}", lambda _seq: body, "decision")
+
+
+def test_groups_commit_together_yet_fail_alone_and_burn_no_seq(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+
+    def broken(seq: int) -> bytes:
+        raise ValueError("cannot serialise")
+
+    outcomes = box.append_groups(
+        [
+            [event(1)],
+            [event(2), NewEvent(TOPICS.decision, "bad", broken, "decision")],
+            [event(3), NewEvent("t/epcis", "x3", lambda s: b"x", "epcis")],
+        ]
+    )
+
+    first, failed, third = outcomes
+    assert isinstance(failed, ValueError)
+    assert isinstance(first, Appended)
+    assert isinstance(third, Appended)
+    # The failed group took no number: the next group has the seq it would have had.
+    assert (first.seqs, third.seqs) == ((1,), (2, 1))
+    assert [r.event_id for r in box.pending(10)] == ["e1", "e3", "x3"]
+    assert box.stats().depth == 3
+    assert (box.counter("decision"), box.counter("epcis")) == (2, 1)
+
+
+def test_a_taken_event_id_fails_only_its_own_group(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(1)])
+
+    outcomes = box.append_groups([[event(2)], [event(3), event(1)], [event(4)]])
+
+    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert [o.seqs for o in outcomes if isinstance(o, Appended)] == [(2,), (3,)]
+    assert [r.event_id for r in box.pending(10)] == ["e1", "e2", "e4"]
+    assert box.counter("decision") == 3
+
+
+def test_every_group_failing_commits_nothing(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(1)])
+    outcomes = box.append_groups([[event(1)], [event(1)]])
+    assert all(isinstance(o, sqlite3.IntegrityError) for o in outcomes)
+    assert box.stats().depth == 1
+    assert box.counter("decision") == 1
+
+
+def test_ids_keep_growing_after_the_newest_rows_are_gone_and_the_file_reopened(
+    tmp_path: Path,
+) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(1), event(2)])
+    box.retire([r.id for r in box.pending(10)])
+    box.close()
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(3)])
+    # A reused id would sit behind a publisher's cursor and wait for the next connect.
+    assert [r.id for r in box.pending(10)] == [3]
+
+
+async def test_appends_made_while_a_commit_is_in_flight_share_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    box = await AsyncOutbox.open(tmp_path / "outbox.db")
+    commits: list[int] = []
+    inner = box._outbox.append_groups
+
+    def counting(groups: Sequence[Sequence[NewEvent]]) -> list[Appended | Exception]:
+        commits.append(len(groups))
+        return inner(groups)
+
+    box._outbox.append_groups = counting  # type: ignore[method-assign]
+    await box.append_all([event(0)])
+    # Hold the outbox thread as a long fsync would, while 50 producers append.
+    busy = threading.Event()
+    box._thread.submit(busy.wait)
+
+    appends = [asyncio.ensure_future(box.append_all([event(n)])) for n in range(1, 51)]
+    await asyncio.sleep(0.05)
+    assert not any(a.done() for a in appends)  # each waits for its own commit
+    busy.set()
+    appended = await asyncio.gather(*appends)
+
+    assert [a.seqs[0] for a in appended] == list(range(2, 52))
+    assert commits == [1, 50]
+    assert (await box.stats()).depth == 51
+    await box.close()
+
+
+async def test_a_failing_append_in_a_group_commit_fails_only_its_caller(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path / "outbox.db")
+    await box.append_all([event(0)])
+
+    results = await asyncio.gather(
+        box.append_all([event(1)]),
+        box.append_all([event(0)]),  # taken
+        box.append_all([event(2)]),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert [r.seqs for r in results if isinstance(r, Appended)] == [(2,), (3,)]
+    await box.close()
+
+
+async def test_a_cancelled_append_is_still_committed_and_announced(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path / "outbox.db")
+    assert not box.appended.is_set()
+    task = asyncio.create_task(box.append_all([event(1)]))
+    await asyncio.sleep(0)  # the append is queued and its commit started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The commit was queued before the probe, and announced before the probe's answer.
+    await box.probe()
+    assert [r.event_id for r in await box.pending(10)] == ["e1"]
+    assert box.appended.is_set()
+    await box.close()
+
+
+async def test_fresh_rows_come_from_memory_and_always_match_the_table(tmp_path: Path) -> None:
+    box = await AsyncOutbox.open(tmp_path / "outbox.db")
+    core = box._outbox
+
+    async def both(after_id: int = 0) -> list[str]:
+        fresh = core.fresh(100, after_id)
+        table = [r.event_id for r in core.pending(100, after_id)]
+        assert fresh is None or [r.event_id for r in fresh] == table
+        return table
+
+    for n in range(6):
+        await box.append_all([event(n)])
+    rows = await box.pending(100)
+    assert core.fresh(100, 0) is not None  # an empty outbox at open: all of it is fresh
+    assert await both() == ["e0", "e1", "e2", "e3", "e4", "e5"]
+    await box.retire([rows[0].id, rows[2].id])
+    assert await both() == ["e1", "e3", "e4", "e5"]
+    await box.mark_sent([rows[3].id])
+    assert await both() == ["e1", "e4", "e5"]
+    assert await both(after_id=rows[4].id) == ["e5"]
+    # The reader moved past e1 and e4: for it, only the table still knows them.
+    assert core.fresh(100, 0) is None
+    assert await both() == ["e1", "e4", "e5"]
+    await box.unsend_all()
+    assert await both() == ["e1", "e3", "e4", "e5"]
+    assert await box.acknowledge(["e4"]) == 1
+    await box.append_all([event(9)])
+    assert await both(after_id=rows[5].id) == ["e9"]
+    assert await both() == ["e1", "e3", "e5", "e9"]
+    await box.close()
+
+
+async def test_rows_from_before_the_process_are_read_from_the_table(tmp_path: Path) -> None:
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(1)])
+    box.close()
+    reopened = await AsyncOutbox.open(tmp_path / "outbox.db")
+    await reopened.append_all([event(2)])
+    assert reopened._outbox.fresh(10, 0) is None
+    [old, new] = await reopened.pending(10)
+    assert (old.event_id, new.event_id) == ("e1", "e2")
+    assert [r.event_id for r in await reopened.pending(10, after_id=old.id)] == ["e2"]
+    assert reopened._outbox.fresh(10, old.id) is not None
+    await reopened.close()
+
+
+def test_a_drop_empties_the_tail_so_no_dropped_row_is_taken(tmp_path: Path) -> None:
+    box = bounded(tmp_path, Clock(), max_rows=10)
+    for n in range(10):
+        decision(box, n)
+    assert [r.event_id for r in box.fresh(100, 0) or []][:1] == ["e0"]
+    decision(box, 10)
+    assert box.fresh(100, 0) is None
+    table = box.pending(100)
+    assert "e0" not in [r.event_id for r in table]
+    assert table[-1].topic == TOPICS.alarm
+    after = table[-1].id
+    decision(box, 11)
+    assert [r.event_id for r in box.fresh(100, after) or []] == ["e11"]
+
+
+def test_past_its_memory_bound_the_tail_sends_readers_to_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("edgegate.mqtt.outbox.TAIL_MAX_BYTES", 1000)
+    box = Outbox.open(tmp_path / "outbox.db")
+    box.append_all([event(1, b"x" * 600)])
+    assert box.fresh(10, 0) is not None
+    box.append_all([event(2, b"x" * 600)])
+    assert box.fresh(10, 0) is None
+    assert [r.event_id for r in box.pending(10)] == ["e1", "e2"]
+    box.append_all([event(3, b"x" * 600)])
+    assert [r.event_id for r in box.fresh(10, box.pending(10)[1].id) or []] == ["e3"]
