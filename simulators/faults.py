@@ -140,6 +140,8 @@ class FaultLayer:
         self._rng = random.Random(plan.seed)
         self.writes = 0
         """Writes the device made (before any splitting)."""
+        self.bytes_sent = 0
+        """Bytes handed on to the host after the faults (paced ones once they left the line)."""
         self.bytes_corrupted = 0
         self.bytes_dropped = 0
 
@@ -167,6 +169,7 @@ class FaultLayer:
             for piece in pieces:
                 await line.carry(len(piece))
                 await send(piece)
+                self.bytes_sent += len(piece)
 
         return faulty_send
 
@@ -174,6 +177,7 @@ class FaultLayer:
         async def counted_send(data: bytes) -> None:
             self.writes += 1
             await send(data)
+            self.bytes_sent += len(data)
 
         return counted_send
 

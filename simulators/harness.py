@@ -130,6 +130,11 @@ class Gate:
     def running(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    @property
+    def pid(self) -> int:
+        """The running daemon's process id (for /proc: its CPU time and memory)."""
+        return self._running().pid
+
     async def start(self) -> None:
         with self._log.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(

@@ -20,7 +20,12 @@ Invariants:
 - the frequency index of every tag frame is fixed (default 7 = 902.0 MHz), so a known tag
   yields a byte-exact frame, e.g. the §1 golden vector;
 - requests on one connection are answered strictly in order, one at a time, like the
-  device, and every frame is written on its own, as the reader emits it.
+  device, and every frame is written on its own, as the reader emits it — unless
+  ``reply_as_one_write``: then a reply's frames (a whole round) go out in one write, as a
+  USB-serial adapter hands a burst at line rate to the host in full packets; a paced fault
+  layer then cuts it into back-to-back pieces, so a round leaves at exactly line rate;
+- a hung reader ignores every request that arrives while it is hung (the round it is
+  sending goes out whole), like a wedged reader whose port stays open.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class R2000Simulator:
         freq_index: int = 7,
         firmware: tuple[int, int] = (0x01, 0x08),
         round_delay_s: float = 0.02,
+        reply_as_one_write: bool = False,
     ) -> None:
         if not 0 <= address < BROADCAST:
             raise ValueError(f"a reader address is 00-FE, got {address:#04x}")
@@ -96,10 +102,12 @@ class R2000Simulator:
         self._freq_index = freq_index
         self._firmware = bytes(firmware)
         self._round_delay_s = round_delay_s
+        self._reply_as_one_write = reply_as_one_write
         self._work_antenna = 0
         self._rf_power_dbm = _DEFAULT_RF_POWER_DBM
         self._field: dict[tuple[bytes, int], FieldTag] = {}
         self._faulty_ports: set[int] = set()
+        self.hung = False
         self.frames_sent = 0
         self.tags_sent = 0
         self.rounds = 0
@@ -157,6 +165,14 @@ class R2000Simulator:
         """Empty the field."""
         self._field.clear()
 
+    def hang(self) -> None:
+        """Wedge the reader: requests are ignored from now on, the port stays open."""
+        self.hung = True
+
+    def recover(self) -> None:
+        """Un-wedge the reader: it answers the next request again."""
+        self.hung = False
+
     def answer(self, request: Request) -> list[bytes]:
         """The frames the reader sends back for ``request``, updating its state."""
         if request.address not in (self._address, BROADCAST):
@@ -195,12 +211,19 @@ class R2000Simulator:
         """Answer requests read by ``receive`` until it returns ``b""`` (end of stream).
 
         Each frame is a write of its own, as the reader emits frames while it reads tags;
-        a fault layer in front of ``send`` therefore sees frame boundaries.
+        a fault layer in front of ``send`` therefore sees frame boundaries. With
+        ``reply_as_one_write`` each reply is one write instead (see the module invariants).
         """
         device = R2000Device()
         while data := await receive():
             for request in device.receive_data(data):
-                for frame in await self.reply(request):
+                if self.hung:
+                    continue
+                frames = await self.reply(request)
+                if self._reply_as_one_write and frames:
+                    await send(b"".join(frames))
+                    continue
+                for frame in frames:
                     await send(frame)
 
     def open_pty(self) -> PtyEndpoint:

@@ -106,6 +106,7 @@ async def test_no_faults_pass_every_write_through_unchanged() -> None:
 
     assert wire.writes == frames
     assert (layer.writes, layer.bytes_corrupted, layer.bytes_dropped) == (len(frames), 0, 0)
+    assert layer.bytes_sent == sum(map(len, frames))
 
 
 async def test_one_percent_corruption_is_caught_by_the_checksum_and_makes_no_phantom_epc() -> None:
@@ -191,6 +192,7 @@ async def test_pacing_never_outruns_the_line_rate() -> None:
 
     assert elapsed_s >= 0.2 - 0.005  # the loop may wake a timer up to its resolution early
     assert wire.data == data
+    assert layer.bytes_sent == len(data)
     assert max(map(len, wire.writes)) <= 64  # delivered in USB-sized pieces
 
 

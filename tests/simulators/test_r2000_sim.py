@@ -71,6 +71,53 @@ def test_empty_field_is_answered_with_only_a_round_end() -> None:
     assert decode(frames) == [RoundEnd(0x01, Cmd.REAL_TIME_INVENTORY, 0, 0, 0)]
 
 
+async def test_a_hung_reader_ignores_requests_until_it_recovers(
+    simulator: R2000Simulator,
+) -> None:
+    requests: asyncio.Queue[bytes] = asyncio.Queue()
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    simulator.hang()
+    for data in (INVENTORY, b""):
+        requests.put_nowait(data)
+    async with asyncio.timeout(5):
+        await simulator.converse(requests.get, send)
+    assert (sent, simulator.frames_sent) == ([], 0)
+
+    simulator.recover()
+    for data in (INVENTORY, b""):
+        requests.put_nowait(data)
+    async with asyncio.timeout(5):
+        await simulator.converse(requests.get, send)
+    assert sent[0] == GOLDEN_TAG
+    assert simulator.frames_sent == len(sent) == 2
+
+
+async def test_a_reply_can_go_out_as_one_write() -> None:
+    simulator = R2000Simulator(round_delay_s=0, reply_as_one_write=True)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1, rssi_dbm=-54)
+    requests: asyncio.Queue[bytes] = asyncio.Queue()
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    for data in (INVENTORY, b""):
+        requests.put_nowait(data)
+    async with asyncio.timeout(5):
+        await simulator.converse(requests.get, send)
+
+    assert len(sent) == 1
+    assert sent[0].startswith(GOLDEN_TAG)
+    assert decode([sent[0][len(GOLDEN_TAG) :]]) == [
+        RoundEnd(0x01, Cmd.REAL_TIME_INVENTORY, 0, 0, 1)
+    ]
+    assert simulator.frames_sent == 2
+
+
 def test_round_end_reports_reads_per_second_over_the_round_delay() -> None:
     simulator = R2000Simulator(round_delay_s=0.02)
     simulator.add_tag(GOLDEN_EPC)
