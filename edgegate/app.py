@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -78,6 +79,8 @@ EPCIS_COUNTER = "epcis"
 OUTBOX_EXPIRY_CHECK_S = 60.0
 # How often the STATUS= line shown by `systemctl status` is refreshed.
 STATUS_INTERVAL_S = 10.0
+# How long a thread may hold the GIL before another may take it (CPython default 5 ms).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def tracker_settings(config: Config) -> TrackerSettings:
@@ -191,6 +194,10 @@ class Daemon:
 
     async def run(self) -> None:
         config = self._config
+        # Worker threads (outbox commits, whitelist lookups) hand results back to the event
+        # loop; with CPython's default 5 ms switch interval each hand-back can wait that long
+        # for the GIL. Measured under 16 readers: decided → received fell from 32 to 4 ms.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         state_dir = config.storage.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self._notifier.status("starting: opening the outbox and the whitelist")

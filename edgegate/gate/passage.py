@@ -26,6 +26,7 @@ Invariants (DESIGN.md §8):
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -121,7 +122,12 @@ class PassageTracker:
         self._settings = settings
         self._new_id = new_id
         self._open: _OpenPassage | None = None
+        # Tags of closed passages still in the field: EPC → last read. A read of one is not a
+        # new passage (DESIGN.md §8). Departures are found through a min-heap of (last read,
+        # EPC) holding one entry per lingering tag, refreshed lazily: a tick costs nothing
+        # until the oldest entry is due, however many thousand reads a second arrive.
         self._lingering: dict[str, float] = {}
+        self._departures: list[tuple[float, str]] = []
         self._down: set[str] = set()
         self._broken: set[str] = set()
         self._awaiting_clear: str | None = None
@@ -161,11 +167,7 @@ class PassageTracker:
     def tick(self, now_mono_s: float) -> list[TrackerEvent]:
         """Close the open passage if its time has come; forget tags that have departed."""
         settings = self._settings
-        self._lingering = {
-            epc: seen
-            for epc, seen in self._lingering.items()
-            if now_mono_s - seen < settings.depart_s
-        }
+        self._forget_departed(now_mono_s)
         passage = self._open
         if passage is None:
             return []
@@ -192,8 +194,10 @@ class PassageTracker:
             deadlines.append(stable_since)
             if settings.barrier_mode:
                 deadlines.append(stable_since + settings.pass_wait_s)
-        if self._lingering:
-            deadlines.append(min(self._lingering.values()) + settings.depart_s)
+        if self._departures:
+            # The heap's top may be older than its tag's last read: then this is early, and
+            # the tick it causes only refreshes the entry.
+            deadlines.append(self._departures[0][0] + settings.depart_s)
         return min(deadlines) if deadlines else None
 
     def flush(self, now_mono_s: float) -> list[TrackerEvent]:
@@ -309,4 +313,18 @@ class PassageTracker:
         for acc in tags:
             # Start the departure clock at the last read; a tag still in the field keeps
             # refreshing it through _on_tag until it has really gone.
-            self._lingering[acc.epc] = min(acc.last_seen_mono_s, now_mono_s)
+            seen = min(acc.last_seen_mono_s, now_mono_s)
+            if acc.epc not in self._lingering:
+                heapq.heappush(self._departures, (seen, acc.epc))
+            self._lingering[acc.epc] = max(seen, self._lingering.get(acc.epc, seen))
+
+    def _forget_departed(self, now_mono_s: float) -> None:
+        depart_s = self._settings.depart_s
+        departures, lingering = self._departures, self._lingering
+        while departures and now_mono_s - departures[0][0] >= depart_s:
+            _, epc = heapq.heappop(departures)
+            seen = lingering[epc]
+            if now_mono_s - seen >= depart_s:
+                del lingering[epc]
+            else:  # read again since: back in the heap at its last read
+                heapq.heappush(departures, (seen, epc))

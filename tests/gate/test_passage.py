@@ -98,6 +98,23 @@ def test_a_lingering_tag_neither_opens_nor_joins_until_it_has_departed() -> None
     assert first.epcs == third.epcs == (A,)
 
 
+def test_each_lingering_tag_departs_on_its_own_last_read() -> None:
+    t = tracker()
+    for epc in (A, B, C):
+        t.observe(read(epc, 0.0))
+    [first] = t.tick(1.0)
+    t.observe(read(B, 1.5))  # B is still in the field, and C longer still
+    t.observe(read(C, 1.9))
+    assert t.next_deadline() == 2.0  # A's departure (last read 0.0)
+    # At 3.6 A (last read 0.0) and B (1.5) have gone; C (1.9) has not.
+    t.tick(3.6)
+    for epc in (A, B, C):
+        t.observe(read(epc, 3.6))
+    [second] = t.tick(4.5)
+    assert sorted(first.epcs) == [A, B, C]
+    assert sorted(second.epcs) == [A, B]
+
+
 def test_a_reader_down_during_the_passage_is_recorded() -> None:
     t = tracker()
     t.observe(read(A, 0.0))
