@@ -261,22 +261,11 @@ def load_rows(data: Json) -> Iterator[Row]:
             "≤ 50 ms" if stat == "p99" else "",
             _at_most(ours, 50.0) if stat == "p99" else None,
         )
-    lost = _num(f, "decisions_lost")
-    yield Row(
-        "Load",
-        "decisions lost",
-        lost,
-        "",
-        _num(f, "decisions_made"),
-        "decisions made",
-        "0",
-        None if lost is None else lost == 0,
-    )
+    yield _lost_row("Load", f)
 
 
 def soak_rows(data: Json) -> Iterator[Row]:
     f = cast(Json, data.get("figures", {}))
-    lost = _num(f, "decisions_lost")
     factor = _num(f, "load_factor") or 10
     duration = _num(f, "duration_s") or 0
     label = f"{factor:g}× a busy gate, {duration:.0f} s"
@@ -303,16 +292,7 @@ def soak_rows(data: Json) -> Iterator[Row]:
         "first sample",
     )
     yield Row("Soak", "RSS slope", _num(f, "rss_slope_mb_per_hour"), "MiB/hour")
-    yield Row(
-        "Soak",
-        "decisions lost",
-        lost,
-        "",
-        _num(f, "decisions_made"),
-        "decisions made",
-        "0",
-        None if lost is None else lost == 0,
-    )
+    yield _lost_row("Soak", f)
 
 
 def reliability_rows(data: Json) -> Iterator[Row]:
@@ -328,6 +308,20 @@ def reliability_rows(data: Json) -> Iterator[Row]:
             "0",
             None if lost is None else lost == 0,
         )
+
+
+def _lost_row(section: str, f: Json) -> Row:
+    lost = _num(f, "decisions_lost")
+    return Row(
+        section,
+        "decisions lost",
+        lost,
+        "",
+        _num(f, "decisions_made"),
+        "decisions made",
+        "0",
+        None if lost is None else lost == 0,
+    )
 
 
 def _equal(a: float | None, b: float | None) -> bool | None:

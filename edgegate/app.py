@@ -59,7 +59,7 @@ from edgegate.mqtt.alarms import AlarmKind, Alarms, ReaderAlarms, overflow_alarm
 from edgegate.mqtt.commands import Authority, CommandError, Commands
 from edgegate.mqtt.epcis import EpcisSettings, build_epcis_document, utc_offset
 from edgegate.mqtt.outbox import AsyncOutbox, NewEvent, OutboxLimits
-from edgegate.mqtt.payloads import WallClock, decision_event_json
+from edgegate.mqtt.payloads import DecisionMessage, WallClock
 from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.reads import ReadsTap
 from edgegate.mqtt.security import mqtt_password, tls_context
@@ -525,7 +525,7 @@ class Daemon:
         wall_of = WallClock(time.time(), self._clock())
 
         def payload(seq: int) -> bytes:
-            return decision_event_json(
+            return DecisionMessage(
                 event_id=event_id,
                 seq=seq,
                 site=config.gate.site,
@@ -535,7 +535,7 @@ class Daemon:
                 wall_of=wall_of,
                 decided_at_s=now.timestamp(),
                 whitelist_seq=state.seq,
-            )
+            ).to_json()
 
         events = [NewEvent(self._topics.decision, event_id, payload, DECISION_COUNTER)]
         if self._epcis is not None:

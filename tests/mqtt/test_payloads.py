@@ -19,12 +19,7 @@ from edgegate.gate.model import (
     TagSummary,
     Verdict,
 )
-from edgegate.mqtt.payloads import (
-    DecisionEvent,
-    WallClock,
-    build_decision_event,
-    decision_event_json,
-)
+from edgegate.mqtt.payloads import DecisionEvent, DecisionMessage, WallClock
 from edgegate.whitelist.records import ItemStatus
 
 EPCS = st.text("0123456789ABCDEF", min_size=24, max_size=24)
@@ -100,9 +95,8 @@ def both(passage: ClosedPassage, decision: Decision) -> tuple[bytes, bytes]:
         "decided_at_s": 1_764_057_613.25,
         "whitelist_seq": 42,
     }
-    fast = decision_event_json(**fields)  # type: ignore[arg-type]
-    model = build_decision_event(**fields)  # type: ignore[arg-type]
-    return fast, model.to_bytes()
+    message = DecisionMessage(**fields)  # type: ignore[arg-type]
+    return message.to_json(), message.to_event().to_bytes()
 
 
 @given(decided())

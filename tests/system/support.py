@@ -5,12 +5,13 @@ process, and reading what it publishes as a back-office subscriber would.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,14 @@ import aiomqtt
 
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.topics import Topics
-from edgegate.whitelist.bundle import generate_keypair, load_private_key, sign_body
+from edgegate.whitelist.bundle import (
+    TrustedKeys,
+    generate_keypair,
+    load_private_key,
+    sign_body,
+    verify_bundle,
+)
+from edgegate.whitelist.store import WhitelistStore
 from simulators.r2000 import R2000Simulator
 
 SITE, GATE = "HAK-CBZ", "SYS01"
@@ -62,6 +70,34 @@ def write_bundle(path: Path) -> str:
     }
     body = "\n".join(json.dumps(line) for line in [header, *records]).encode()
     path.write_bytes(sign_body(body, load_private_key(private_b64)))
+    return public_b64
+
+
+def install_snapshot(
+    state_dir: Path, records: Sequence[Mapping[str, object]], *, issued_at: datetime
+) -> str:
+    """Sign ``records`` as a snapshot (seq 1) and apply it to the store in ``state_dir``, as
+    the daemon would have; returns the trusted public key."""
+    private_b64, public_b64 = generate_keypair()
+    header = {
+        "format": "edgegate.whitelist",
+        "version": 1,
+        "kind": "snapshot",
+        "site": SITE,
+        "seq": 1,
+        "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "issuer": "system test",
+        "count": len(records),
+    }
+    body = "\n".join(json.dumps(r, ensure_ascii=False) for r in [header, *records]).encode()
+    bundle = sign_body(body, load_private_key(private_b64))
+    with WhitelistStore.open(state_dir) as store:
+        store.apply(
+            verify_bundle(bundle, TrustedKeys.from_base64([public_b64])),
+            site=SITE,
+            sha256=hashlib.sha256(bundle).hexdigest(),
+            now=issued_at,
+        )
     return public_b64
 
 

@@ -7,10 +7,8 @@ are handed to it as closed (as the tracker would) and the decisions read back ov
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -20,45 +18,16 @@ from edgegate.config import parse_config
 from edgegate.gate.model import ClosedPassage, Direction, TagSummary
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.topics import Topics
-from edgegate.whitelist.bundle import (
-    TrustedKeys,
-    generate_keypair,
-    load_private_key,
-    sign_body,
-    verify_bundle,
-)
-from edgegate.whitelist.store import WhitelistStore
 
-from .support import KNOWN, SITE, WAIT_S, next_json
+from .support import KNOWN, SITE, WAIT_S, install_snapshot, next_json
 
 TOPICS = Topics("edgegate/v1", SITE, "SYS-DEPART")
 
 
 def released_goods(state_dir: Path) -> str:
     """A whitelist of the KNOWN items, released (free to leave); returns its trusted key."""
-    private_b64, public_b64 = generate_keypair()
-    now = datetime.now(UTC)
-    records = [{"type": "item", "epc": epc, "sku": "SKU-1", "status": "released"} for epc in KNOWN]
-    header = {
-        "format": "edgegate.whitelist",
-        "version": 1,
-        "kind": "snapshot",
-        "site": SITE,
-        "seq": 1,
-        "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "issuer": "system test",
-        "count": len(records),
-    }
-    body = "\n".join(json.dumps(line) for line in [header, *records]).encode()
-    bundle = sign_body(body, load_private_key(private_b64))
-    with WhitelistStore.open(state_dir) as store:
-        store.apply(
-            verify_bundle(bundle, TrustedKeys.from_base64([public_b64])),
-            site=SITE,
-            sha256=hashlib.sha256(bundle).hexdigest(),
-            now=now - timedelta(seconds=1),
-        )
-    return public_b64
+    records = [{"type": "item", "epc": e, "sku": "SKU-1", "status": "released"} for e in KNOWN]
+    return install_snapshot(state_dir, records, issued_at=datetime.now(UTC))
 
 
 def crossing(n: int, direction: Direction, epcs: list[str]) -> ClosedPassage:

@@ -9,7 +9,6 @@ publishes to the real broker and drives the barrier coil over Modbus RTU. Each s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,16 +21,10 @@ from edgegate.app import Daemon
 from edgegate.config import parse_config
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.topics import Topics
-from edgegate.whitelist.bundle import (
-    TrustedKeys,
-    generate_keypair,
-    load_private_key,
-    sign_body,
-    verify_bundle,
-)
-from edgegate.whitelist.store import WhitelistStore
 from simulators.gateio import GateIoSimulator
 from simulators.scenario import Rig, Scenario, load_scenario, play, shipped_scenarios
+
+from .support import install_snapshot
 
 pytestmark = pytest.mark.system
 
@@ -89,28 +82,7 @@ def whitelist_records(now: datetime) -> list[dict[str, object]]:
 
 def install_whitelist(state_dir: Path) -> str:
     now = datetime.now(UTC)
-    private_b64, public_b64 = generate_keypair()
-    records = whitelist_records(now)
-    header = {
-        "format": "edgegate.whitelist",
-        "version": 1,
-        "kind": "snapshot",
-        "site": SITE,
-        "seq": 1,
-        "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "issuer": "scenario test",
-        "count": len(records),
-    }
-    body = "\n".join(json.dumps(r, ensure_ascii=False) for r in [header, *records]).encode()
-    bundle = sign_body(body, load_private_key(private_b64))
-    with WhitelistStore.open(state_dir) as store:
-        store.apply(
-            verify_bundle(bundle, TrustedKeys.from_base64([public_b64])),
-            site=SITE,
-            sha256=hashlib.sha256(bundle).hexdigest(),
-            now=now,
-        )
-    return public_b64
+    return install_snapshot(state_dir, whitelist_records(now), issued_at=now)
 
 
 def daemon_config(
