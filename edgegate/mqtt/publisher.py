@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -49,6 +50,10 @@ log = structlog.get_logger(__name__)
 PUBLISH_TIMEOUT_S = 10.0
 SHUTDOWN_DRAIN_S = 3.0
 MAX_ACK_BYTES = 2 * 1024 * 1024
+# paho leaves Nagle's algorithm on. A decision published while an earlier small packet
+# (a QoS 0 heartbeat, which the broker does not answer) still awaits its TCP ACK would then
+# wait for the broker's delayed ACK, up to ~40 ms on Linux.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +228,7 @@ class Publisher:
             # paho's own limit is 20; ours is the window, so that it means what it says.
             max_inflight_messages=s.window,
             will=aiomqtt.Will(self._topics.status, self._status("offline"), qos=1, retain=True),
+            socket_options=NO_DELAY,
         )
         # aiomqtt warns past 10 calls awaiting their ack; a full window is the normal case.
         client.pending_calls_threshold = s.window + len(self._subscriptions) + 2
