@@ -17,7 +17,9 @@ antenna (simulators/harness.py), then injects one kind of fault N times:
 4. corruption: 1 % of the reader's bytes damaged (i.i.d., the simulator's ``corrupt_rate``)
    for a period, against a whitelist knowing every pallet: pallets decided, phantom EPCs (a
    tag in a decision that the simulator never sent) and whether any phantom passed, frames
-   rejected (``errors`` of the reader in ``G/health``: checksum + malformed);
+   rejected (``errors`` of the reader in ``G/health``: checksum + malformed); beside the
+   peer measured first in the same run, the same stream through an intact line for a
+   third of the time;
 5. bundles: tampered bundles (a valid delta, one body byte flipped after signing) and
    rolled-back ones (validly signed, seq not newer) published on ``P/<site>/whitelist``;
    each must raise ``whitelist_rejected`` naming its reason (``bad_signature``,
@@ -37,7 +39,7 @@ office (by ``seq``); *rejected* where refusing is the correct outcome; *dup* red
 Target: zero lost decisions in every row. Every count comes from a message received, the
 heartbeat, the daemon's log or its outbox file — none is assumed.
 
-Run: ``python -m bench reliability`` (about 5 minutes) or ``--quick`` (under 2 minutes);
+Run: ``python -m bench reliability`` (about 4 minutes) or ``--quick`` (under 2 minutes);
 ``--rows broker,unplug`` runs a subset, ``--seed N`` repeats a campaign's random choices.
 Prints a table and writes bench/results/reliability.json.
 """
@@ -56,6 +58,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -119,7 +122,7 @@ class Plan:
 
 
 FULL = Plan(broker_kills=15, daemon_kills=15, unplugs=12, corruption_s=60.0, bundles=8, commands=8)
-QUICK = Plan(broker_kills=3, daemon_kills=3, unplugs=3, corruption_s=10.0, bundles=2, commands=2)
+QUICK = Plan(broker_kills=3, daemon_kills=3, unplugs=3, corruption_s=12.0, bundles=2, commands=2)
 
 
 @dataclass
@@ -458,12 +461,7 @@ async def unplugs(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> N
             cable.plug()
             up = await office.until(exceeds(alarms(office, "reader_up"), cycle - 1), RECOVERY_S)
 
-            def read_again(tag: str = epc) -> bool:
-                return any(
-                    tag in epcs_of(d) and "READER_FAULT" not in reasons(d) for d in office.decisions
-                )
-
-            back = await office.until(read_again, RECOVERY_S)
+            back = up and await office.until(read_again(office, epc, cycle), RECOVERY_S)
             simulator.clear()
             flagged += any(
                 epc in epcs_of(d) and "READER_FAULT" in reasons(d) for d in office.decisions
@@ -492,11 +490,31 @@ async def unplugs(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> N
     tally.checks["no unflagged passage closed in an outage"] = unflagged == 0
 
 
-async def corruption(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> None:
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """What one run of pallets through a (possibly corrupting) reader produced."""
+
+    seconds: float
+    driven: int
+    decided: int
+    """Pallets whose EPC is in some decision."""
+    phantoms: frozenset[str]
+    phantoms_passed: int
+    frames: int
+    frames_rejected: int
+    bytes_corrupted: int
+    reader_downs: int
+    reply_timeouts: int
+    decisions: Counter[str]
+
+
+async def pallet_stream(
+    tally: Tally, work: Path, seconds: float, corrupt_rate: float, seed: int
+) -> Stream:
+    """Pallets for ``seconds`` through a reader whose bytes are damaged at ``corrupt_rate``,
+    against a whitelist that knows every pallet (a pallet passes unless something is wrong)."""
     simulator = R2000Simulator()
-    reader, layer = serve_pty(
-        simulator.converse, FaultPlan(corrupt_rate=CORRUPT_RATE, seed=rng.randrange(1 << 32))
-    )
+    reader, layer = serve_pty(simulator.converse, FaultPlan(corrupt_rate=corrupt_rate, seed=seed))
     key = Ed25519PrivateKey.generate()
     async with rig(
         tally,
@@ -507,43 +525,86 @@ async def corruption(tally: Tally, work: Path, plan: Plan, rng: random.Random) -
         whitelist=snapshot(key, WHITELIST_SEQ, "E280"),
     ) as world:
         world.start_stream()
-        await asyncio.sleep(plan.corruption_s)
+        await asyncio.sleep(seconds)
         await world.stop_stream()
         # Heartbeats sent after the stream stopped: their counters cover every frame.
         beats = world.office.heartbeats
         await world.office.until(lambda: world.office.heartbeats >= beats + 2, RECOVERY_S)
-        health = world.office.health or {}
-    sent = world.passages.sent
     decisions = world.office.decisions
-    seen = set().union(*map(epcs_of, decisions)) if decisions else set()
-    phantoms = seen - sent
-    readers = health.get("readers")
-    stats = readers[0] if isinstance(readers, list) and readers else {}
-    tally.tried = world.passages.driven
-    tally.survived = len(sent & seen)
-    tally.rejected = int(stats.get("errors", 0))
-    tally.figures |= {
-        "corrupt_rate": CORRUPT_RATE,
-        "seconds": plan.corruption_s,
-        "bytes_corrupted": layer.bytes_corrupted,
-        "frames_decoded": stats.get("frames"),
-        "frames_rejected": tally.rejected,
-        "phantom_epcs": sorted(phantoms),
-        "phantoms_passed": sum(
+    seen: set[str] = set().union(*map(epcs_of, decisions))
+    phantoms = frozenset(seen - world.passages.sent)
+    frames = lookup(world.office.health, "readers", "0", "frames")
+    rejected = lookup(world.office.health, "readers", "0", "errors")
+    return Stream(
+        seconds=seconds,
+        driven=world.passages.driven,
+        decided=len(world.passages.sent & seen),
+        phantoms=phantoms,
+        phantoms_passed=sum(
             bool(epcs_of(d) & phantoms) and d.get("decision") == "pass" for d in decisions
         ),
-        "decisions_pass": sum(d.get("decision") == "pass" for d in decisions),
-        "decisions_hold": sum(d.get("decision") == "hold" for d in decisions),
-        "reader_down_alarms": len(world.office.alarms_of("reader_down")),
+        frames=frames if isinstance(frames, int) else 0,
+        frames_rejected=rejected if isinstance(rejected, int) else 0,
+        bytes_corrupted=layer.bytes_corrupted,
+        reader_downs=len(world.office.alarms_of("reader_down")),
         # A damaged closing frame leaves the round open until reply_timeout_s runs out.
-        "reader_down_no_reply": sum(
+        reply_timeouts=sum(
             str(record.get("reason")).startswith("no reply")
             for record in world.gate.records("reader.down")
         ),
+        decisions=Counter(str(d.get("decision")) for d in decisions),
+    )
+
+
+def read_again(office: Receiver, epc: str, outage: int) -> Callable[[], bool]:
+    """Whether ``epc`` is in a passage opened once the reader was up again after outage
+    number ``outage``, and decided without ``READER_FAULT``."""
+
+    def condition() -> bool:
+        back_at = moment(office.alarms_of("reader_up")[outage - 1]["at"])
+        return any(
+            epc in epcs_of(d)
+            and "READER_FAULT" not in reasons(d)
+            and moment(d["opened_at"]) >= back_at
+            for d in office.decisions
+        )
+
+    return condition
+
+
+async def corruption(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> None:
+    # The peer, measured first in the same run: the same stream through an intact line.
+    peer_tally = Tally("peer")
+    peer = await pallet_stream(
+        peer_tally, work / "clean", plan.corruption_s / 3, 0.0, rng.randrange(1 << 32)
+    )
+    damaged = await pallet_stream(
+        tally, work / "corrupt", plan.corruption_s, CORRUPT_RATE, rng.randrange(1 << 32)
+    )
+    tally.tried, tally.survived = damaged.driven, damaged.decided
+    tally.rejected = damaged.frames_rejected
+    tally.figures |= {
+        "corrupt_rate": CORRUPT_RATE,
+        "seconds": damaged.seconds,
+        "bytes_corrupted": damaged.bytes_corrupted,
+        "frames_decoded_per_s": round(damaged.frames / damaged.seconds, 1),
+        "frames_rejected": damaged.frames_rejected,
+        "phantom_epcs": sorted(damaged.phantoms),
+        "phantoms_passed": damaged.phantoms_passed,
+        "decisions": dict(damaged.decisions),
+        "reader_down_alarms": damaged.reader_downs,
+        "reader_down_no_reply": damaged.reply_timeouts,
+        "peer_seconds": round(peer.seconds, 1),
+        "peer_pallets_decided": f"{peer.decided}/{peer.driven}",
+        "peer_frames_decoded_per_s": round(peer.frames / peer.seconds, 1),
+        "peer_reader_down_alarms": peer.reader_downs,
+        "peer_lost": None if peer_tally.counts is None else peer_tally.counts.lost,
     }
-    tally.checks["zero phantom EPCs"] = not phantoms
-    tally.checks["no phantom passed"] = not tally.figures["phantoms_passed"]
-    tally.checks["damaged frames rejected and counted"] = tally.rejected > 0
+    tally.checks["zero phantom EPCs"] = not damaged.phantoms
+    tally.checks["no phantom passed"] = not damaged.phantoms_passed
+    tally.checks["damaged frames rejected and counted"] = damaged.frames_rejected > 0
+    peer_ok = peer.decided == peer.driven and tally.figures["peer_lost"] == 0
+    tally.checks["peer (intact line) decided every pallet, lost none"] = peer_ok
 
 
 async def bundles(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> None:
@@ -610,9 +671,12 @@ async def bundles(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> N
         "tampered_tried_rejected": by_kind["tampered"],
         "rolled_back_tried_rejected": by_kind["rolled_back"],
     }
-    tally.figures["alarm_details"] = [
-        str(a.get("detail"))[:48] for a in world.office.alarms_of("whitelist_rejected")
-    ]
+    tally.figures["alarm_reasons"] = dict(
+        Counter(
+            str(alarm.get("detail")).partition(":")[0]
+            for alarm in world.office.alarms_of("whitelist_rejected")
+        )
+    )
 
 
 async def commands(tally: Tally, work: Path, plan: Plan, rng: random.Random) -> None:
@@ -724,11 +788,14 @@ def replied(office: Receiver, command_id: str) -> Callable[[], bool]:
 
 
 def lookup(payload: object, *path: str) -> object:
-    """``payload[path[0]][path[1]]…``, or None where a level is missing."""
+    """``payload[path[0]][path[1]]…`` (a digit indexes a list), or None where it is missing."""
     for name in path:
-        if not isinstance(payload, dict):
+        if isinstance(payload, list) and name.isdigit() and int(name) < len(payload):
+            payload = payload[int(name)]
+        elif isinstance(payload, dict):
+            payload = payload.get(name)
+        else:
             return None
-        payload = payload.get(name)
     return payload
 
 

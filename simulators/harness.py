@@ -44,6 +44,7 @@ from simulators.r2000 import R2000Simulator
 SITE, GATE = "HAK-CBZ", "FLT01"
 TOPICS = Topics("edgegate/v1", SITE, GATE)
 SETTLE_S = 60.0
+ACK_TIMEOUT_S = 1.0
 PALLET_S = 0.25
 """How long a pallet's tag stays in the field."""
 GAP_S = 0.3
@@ -262,13 +263,11 @@ class Receiver:
     async def run(self) -> None:
         durable = (TOPICS.decision, TOPICS.alarm, TOPICS.audit, TOPICS.cmd_reply)
         while True:
+            client = aiomqtt.Client(
+                self.broker.host, self.broker.port, identifier="back-office", clean_session=False
+            )
             try:
-                async with aiomqtt.Client(
-                    self.broker.host,
-                    self.broker.port,
-                    identifier="back-office",
-                    clean_session=False,
-                ) as client:
+                async with client:
                     await client.subscribe([(topic, 1) for topic in durable])
                     await client.subscribe(TOPICS.health, qos=0)
                     self.subscribed.set()
@@ -277,6 +276,7 @@ class Receiver:
                             await self._receive(client, str(message.topic), message.payload)
             except aiomqtt.MqttError:
                 self.subscribed.clear()
+                _forget_disconnection(client)
                 await asyncio.sleep(0.1)
 
     async def _receive(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
@@ -294,7 +294,9 @@ class Receiver:
                 self._seen.add(event_id)
                 self._keep(topic, event_id, event)
             if self.ack:
-                await client.publish(TOPICS.ack, json.dumps({"event_ids": [event_id]}), qos=1)
+                # A broker that died under the ack never answers it: give up soon, reconnect.
+                ack = json.dumps({"event_ids": [event_id]})
+                await client.publish(TOPICS.ack, ack, qos=1, timeout=ACK_TIMEOUT_S)
         self._changes.notify()
 
     def _keep(self, topic: str, event_id: str, event: Payload) -> None:
@@ -327,6 +329,22 @@ class Receiver:
 
     def missing(self, decided: int) -> list[int]:
         return sorted(set(range(1, decided + 1)) - set(self.seqs.values()))
+
+
+def _forget_disconnection(client: aiomqtt.Client) -> None:
+    """Retrieve the error of a connection that ended while a publish was awaiting its ack.
+
+    aiomqtt 2.x stores an unexpected disconnection in a future that only the message
+    iterator reads; when a publish times out first, nothing does, and asyncio logs "Future
+    exception was never retrieved" when the client is collected.
+    """
+    disconnected = getattr(client, "_disconnected", None)
+    if (
+        isinstance(disconnected, asyncio.Future)
+        and disconnected.done()
+        and not disconnected.cancelled()
+    ):
+        disconnected.exception()
 
 
 @dataclass(frozen=True)
