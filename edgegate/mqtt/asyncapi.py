@@ -270,6 +270,7 @@ CHANNELS: tuple[Channel, ...] = (
         "Exactly one reply per well-formed command.",
         CommandReply,
         CommandReply(
+            event_id="019abd2e-4a0f-7d11-8c3e-2a3b4c5d6e7f",
             command_id="c-20261125-0002",
             ok=True,
             result={"passage_id": _PASSAGE_ID, "released": True, "gate_opened": True},
@@ -325,7 +326,7 @@ CHANNELS: tuple[Channel, ...] = (
         False,
         "Asks the back office for the whitelist this gate is missing.",
         WhitelistResync,
-        WhitelistResync(have_seq=42, reason="gap"),
+        WhitelistResync(event_id="019abd2e-4a10-7c3d-9e2f-1b2c3d4e5f60", have_seq=42, reason="gap"),
     ),
 )
 

@@ -221,9 +221,12 @@ class Commands:
         error: str | None = None,
         result: dict[str, object] | None = None,
     ) -> None:
-        body = CommandReply(command_id=command_id, ok=ok, error=error, result=result).to_bytes()
+        event_id = uuid7()
+        body = CommandReply(
+            event_id=event_id, command_id=command_id, ok=ok, error=error, result=result
+        ).to_bytes()
         await self._outbox.append(
-            self._topics.cmd_reply, uuid7(), lambda _seq: body, counter="cmd_reply"
+            self._topics.cmd_reply, event_id, lambda _seq: body, counter="cmd_reply"
         )
 
 

@@ -154,6 +154,8 @@ class WhitelistResync(_Payload):
     (the bytes it first published) or a snapshot (docs/whitelist.md).
     """
 
+    # Extension of §9: the outbox row's id, as on every durable event (see CommandReply).
+    event_id: str
     have_seq: int | None
     # Extension of §9 (optional): why the gate asks — "gap" or "empty".
     reason: str
@@ -171,8 +173,13 @@ class AckIn(BaseModel):
 
 
 class CommandReply(_Sparse):
-    """``G/cmd/reply`` (DESIGN.md §9): exactly one per well-formed command."""
+    """``G/cmd/reply`` (DESIGN.md §9): exactly one per well-formed command.
 
+    ``event_id`` (extension of §9) is the outbox row's id, as on every durable event: what a
+    consumer de-duplicates by, and what a back office names on ``G/ack`` (``mqtt.ack = "app"``).
+    """
+
+    event_id: str
     command_id: str
     ok: bool
     error: str | None = None

@@ -27,7 +27,8 @@ class WhitelistLink:
         await self._alarms.raise_alarm(AlarmKind.WHITELIST_REJECTED, "warning", detail)
 
     async def request_resync(self, have_seq: int | None, reason: str) -> None:
-        payload = WhitelistResync(have_seq=have_seq, reason=reason).to_bytes()
+        event_id = uuid7()
+        payload = WhitelistResync(event_id=event_id, have_seq=have_seq, reason=reason).to_bytes()
         await self._outbox.append(
-            self._topics.whitelist_resync, uuid7(), lambda _seq: payload, counter=RESYNC_COUNTER
+            self._topics.whitelist_resync, event_id, lambda _seq: payload, counter=RESYNC_COUNTER
         )

@@ -111,6 +111,7 @@ async def _watch(
             elif message.topic.matches(topics.status):
                 watcher.online = payload["state"] == "online"
             else:
+                assert isinstance(payload.pop("event_id"), str)  # acknowledgeable (ack = "app")
                 watcher.resyncs.append(payload)
 
 
@@ -391,7 +392,8 @@ async def test_decisions_go_on_while_a_delta_is_being_applied(
 def test_the_resync_request_payload_is_the_contract(topics: Topics) -> None:
     from edgegate.mqtt.payloads import WhitelistResync
 
-    assert json.loads(WhitelistResync(have_seq=41, reason="gap").to_bytes()) == {
+    assert json.loads(WhitelistResync(event_id="e-1", have_seq=41, reason="gap").to_bytes()) == {
+        "event_id": "e-1",
         "have_seq": 41,
         "reason": "gap",
     }
