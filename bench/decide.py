@@ -232,7 +232,8 @@ async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str,
     async with GateIoSimulator() as io:
         link = state_dir / "io-1"
         endpoint = PtyEndpoint(io.converse, link)
-        with LocalBroker() as broker:
+        # As a gate's broker should be configured (docs/deployment.md): Nagle off.
+        with LocalBroker(options=("set_tcp_nodelay true",)) as broker:
             config = parse_config(
                 {
                     "gate": {"site": SITE, "gate_id": "BENCH", "mode": "barrier"},
