@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from enum import Enum, auto
 from pathlib import Path
 
 import structlog
@@ -83,6 +84,15 @@ STATUS_INTERVAL_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
+class _Tick(Enum):
+    """The tracker's next deadline has come: tick it at the current time."""
+
+    TICK = auto()
+
+
+_TICK = _Tick.TICK
+
+
 def tracker_settings(config: Config) -> TrackerSettings:
     fixed = None if config.gate.direction == "auto" else Direction(config.gate.direction)
     return TrackerSettings(
@@ -135,7 +145,8 @@ class Daemon:
         self._clock = clock
         self._topics = Topics(config.mqtt.topic_prefix, config.gate.site, config.gate.gate_id)
         # None closes intake (shutdown): the tracker decides everything queued before it.
-        self._observations: asyncio.Queue[Observation | None] = asyncio.Queue()
+        # _TICK is the tracker's own deadline falling due (see _track).
+        self._observations: asyncio.Queue[Observation | _Tick | None] = asyncio.Queue()
         self._startup = ReaderStartup(reader.name for reader in config.readers)
         self._reload_requested = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
@@ -432,22 +443,46 @@ class Daemon:
             log.warning("config.restart_needed", sections=list(plan.restart_needed))
 
     async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
-        """Feed the tracker until intake closes (None), then decide what is still open."""
+        """Feed the tracker until intake closes (None), then decide what is still open.
+
+        The tracker's next deadline is a timer that queues a :data:`_TICK` behind the
+        observations, rearmed only when the deadline moves. Under 16 line-rate readers the
+        loop waits on an empty queue thousands of times a second, and an ``asyncio.timeout``
+        around every wait was a third of the daemon's busy time; the deadline itself moves
+        only when a new EPC arrives or a lingering tag's departure falls due.
+        """
         tracker = self._tracker
-        while True:
-            deadline = tracker.next_deadline()
-            timeout_s = None if deadline is None else max(0.0, deadline - self._clock())
-            try:
-                async with asyncio.timeout(timeout_s):
-                    observation = await self._observations.get()
-            except TimeoutError:
-                events = tracker.tick(self._clock())
-            else:
+        queue = self._observations
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        armed_for: float | None = None
+        try:
+            while True:
+                deadline = tracker.next_deadline()
+                if deadline != armed_for:
+                    if timer is not None:
+                        timer.cancel()
+                    timer = None
+                    if deadline is not None:
+                        delay_s = max(0.0, deadline - self._clock())
+                        timer = loop.call_later(delay_s, queue.put_nowait, _TICK)
+                    armed_for = deadline
+                observation = await queue.get()
                 if observation is None:
                     break
-                events = tracker.observe(observation) if self._configured(observation) else []
-            for event in events:
-                await self._on_tracker_event(event, outbox, store)
+                if observation is _TICK:
+                    # Fired: whatever the deadline is now, it needs a timer of its own.
+                    timer = armed_for = None
+                    events = tracker.tick(self._clock())
+                elif self._configured(observation):
+                    events = tracker.observe(observation)
+                else:
+                    events = []
+                for event in events:
+                    await self._on_tracker_event(event, outbox, store)
+        finally:
+            if timer is not None:
+                timer.cancel()
         now = self._clock()
         for event in [*tracker.tick(now), *tracker.flush(now)]:
             await self._on_tracker_event(event, outbox, store)

@@ -188,11 +188,19 @@ class PassageTracker:
         """The monotonic time at which :meth:`tick` would next change state, if any."""
         settings = self._settings
         deadlines: list[float] = []
-        if self._open is not None:
-            deadlines.append(self._open.opened_at_mono_s + settings.max_open_s)
-            stable_since = self._open.last_new_epc_mono_s + settings.stable_set_s
-            deadlines.append(stable_since)
-            if settings.barrier_mode:
+        passage = self._open
+        if passage is not None:
+            deadlines.append(passage.opened_at_mono_s + settings.max_open_s)
+            stable_since = passage.last_new_epc_mono_s + settings.stable_set_s
+            # Only the close that time alone can bring: a beam clearing or a code arriving
+            # is an observation, and observe() ticks after it. A deadline that has passed
+            # without closing would have the caller tick in a busy loop until it does.
+            if not settings.barrier_mode:
+                if self.beams_clear:
+                    deadlines.append(stable_since)
+            elif passage.codes:
+                deadlines.append(stable_since)
+            else:
                 deadlines.append(stable_since + settings.pass_wait_s)
         if self._departures:
             # The heap's top may be older than its tag's last read: then this is early, and

@@ -192,6 +192,8 @@ def test_portal_waits_for_the_beams_to_clear_before_closing() -> None:
     t.observe(beam("A", True, 0.0))
     assert t.open_passage_id == "p1"
     t.observe(read(A, 0.2))
+    # Stable at 1.0, but only the beams clearing can close it: no deadline before max_open.
+    assert t.next_deadline() == 30.0
     assert t.tick(5.0) == []  # stable long ago, but the pallet is still in the portal
     [closed] = t.observe(beam("A", False, 5.5))
     assert isinstance(closed, ClosedPassage)
@@ -227,7 +229,8 @@ def test_barrier_decides_without_a_pass_after_pass_wait() -> None:
     t = tracker(barrier_mode=True, pass_wait_s=5.0)
     t.observe(beam("A", True, 0.0))
     t.observe(read(A, 0.1))
-    assert t.next_deadline() == 0.9
+    # Stable at 0.9, but without a code only pass_wait can close it.
+    assert t.next_deadline() == 5.9
     assert t.tick(5.89) == []
     [closed] = t.tick(5.9)
     assert isinstance(closed, ClosedPassage)
@@ -251,3 +254,14 @@ def test_a_beam_break_while_the_decided_vehicle_is_still_in_the_lane_opens_nothi
     t.tick(1.0)
     t.observe(beam("B", True, 1.5))
     assert t.open_passage_id is None
+
+
+def test_barrier_with_a_pass_scanned_closes_once_stable() -> None:
+    t = tracker(barrier_mode=True, pass_wait_s=5.0)
+    t.observe(beam("A", True, 0.0))
+    t.observe(read(A, 0.1))
+    t.observe(CodeScanned(reader="scan-1", value="HP4601202611250001", at_mono_s=0.3))
+    assert t.next_deadline() == 0.9
+    [closed] = t.tick(0.9)
+    assert isinstance(closed, ClosedPassage)
+    assert closed.close_cause == "pass_scanned"
