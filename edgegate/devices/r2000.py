@@ -46,7 +46,7 @@ import structlog
 from edgegate.config import R2000ReaderConfig
 from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import Backoff, LinkError, open_link
-from edgegate.devices.upkeep import release_link
+from edgegate.devices.upkeep import push_back, release_link
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.r2000 import (
     AntennaFault,
@@ -306,12 +306,11 @@ class R2000Session:
 
         8A antenna fault frames arrive mid-round and are appended to ``faults``. The timeout
         bounds the silence between decoded frames, not the whole exchange, so a long round
-        with many tags is never cut short. It is moved once per chunk that completes frames
-        (they all arrived at that instant), not once per frame: rescheduling a timer
-        thousands of times a second was a tenth of the daemon's busy time under 16 readers.
+        with many tags is never cut short. It is pushed back per chunk that completes frames
+        (they all arrived at that instant), not per frame, and only as often as
+        :func:`push_back` needs to.
         """
         timeout_s = self._config.reply_timeout_s
-        loop = asyncio.get_running_loop()
         pending = link.pending
         try:
             async with asyncio.timeout(timeout_s) as deadline:
@@ -320,7 +319,7 @@ class R2000Session:
                 while True:
                     while not pending:
                         await self._receive(link)
-                        deadline.reschedule(loop.time() + timeout_s)
+                        push_back(deadline, timeout_s)
                     event = pending.popleft()
                     if isinstance(event, TagRead):
                         self._tag_seen(event)

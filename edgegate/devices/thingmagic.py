@@ -41,7 +41,7 @@ import structlog
 from edgegate.config import ThingMagicReaderConfig
 from edgegate.devices.base import DeviceStats
 from edgegate.devices.link import Backoff, LinkError, open_link
-from edgegate.devices.upkeep import release_link
+from edgegate.devices.upkeep import push_back, release_link
 from edgegate.gate.model import Observation, ReaderDown, ReaderUp, TagSeen
 from edgegate.wire.thingmagic import (
     EmbeddedRead,
@@ -219,14 +219,13 @@ class ThingMagicSession:
         while link.pending:
             self._on_stream_event(link, link.pending.popleft())
         timeout_s = self._config.keepalive_timeout_s
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 while True:
                     frames = link.host.frames
                     events = await self._receive(link)
                     if link.host.frames != frames:
-                        deadline.reschedule(loop.time() + timeout_s)
+                        push_back(deadline, timeout_s)
                     for event in events:
                         self._on_stream_event(link, event)
         except TimeoutError:
