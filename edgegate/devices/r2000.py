@@ -40,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum, auto
 
 import structlog
 
@@ -67,8 +68,26 @@ from edgegate.wire.r2000 import (
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 _READ_SIZE = 4096
+# A reply whose frame was damaged on the line (noise, a UART overrun) never completes: the
+# reader has answered and waits for the next command. Once bytes have been dropped since
+# the last good frame, or a frame has started and stalled, this much silence means the
+# reply is lost — ask again at once rather than wait out reply_timeout_s and call the
+# reader down. The reader writes a frame in one go, so a frame stalled this long at 115200
+# baud (~2 ms for the largest) is not still arriving.
+LOST_REPLY_QUIET_S = 0.1
+# Setup commands (firmware, power, antenna) are asked again this often before giving up.
+LOST_REPLY_ATTEMPTS = 3
 _TARGETS = {"A": 0, "B": 1}
 _SUCCESS = bytes((Status.SUCCESS,))
+
+
+class _Lost(Enum):
+    """The reply that closes an exchange was damaged on the line and will not come."""
+
+    REPLY = auto()
+
+
+LOST = _Lost.REPLY
 
 Closing = RoundEnd | FastSwitchEnd | ErrorReply | Reply
 
@@ -220,7 +239,9 @@ class R2000Session:
                         continue
                     work_antenna = antenna
                     self._settle()
-                self._antenna_outcome(port, await self._inventory_round(link))
+                outcome = await self._inventory_round(link)
+                if outcome is not LOST:  # else: how the antenna did is unknown; go on
+                    self._antenna_outcome(port, outcome)
             # A full cycle over every antenna worked: the next outage backs off from scratch.
             self._backoff.reset()
 
@@ -236,8 +257,9 @@ class R2000Session:
         # Anything else leaves the old antenna active: no round may run now.
         raise _ReaderError(f"reader refused antenna port {antenna + 1}: {_describe(reply)}")
 
-    async def _inventory_round(self, link: _Link) -> str | None:
-        """One 89 / 8B round on the work antenna; the antenna fault it reports, if any."""
+    async def _inventory_round(self, link: _Link) -> str | _Lost | None:
+        """One 89 / 8B round on the work antenna; the antenna fault it reports, if any, or
+        LOST when the reply closing it was damaged (its tags were still read)."""
         config = self._config
         if config.inventory == "89":
             cmd = Cmd.REAL_TIME_INVENTORY
@@ -248,7 +270,9 @@ class R2000Session:
             request = link.host.session_inventory(
                 config.session, _TARGETS[config.target], config.repeat
             )
-        closing = await self._transact(link, request, cmd)
+        closing = await self._exchange(link, request, cmd)
+        if closing is LOST:
+            return LOST
         if isinstance(closing, ErrorReply) and closing.code == Status.ANTENNA_MISSING:
             return _describe(closing)
         # "No tag" only says the field was empty; any other error means the round did not
@@ -266,7 +290,9 @@ class R2000Session:
                 slots, config.switch_interval_ms, config.repeat
             )
             faults: list[AntennaFault] = []
-            closing = await self._transact(link, request, Cmd.FAST_SWITCH_INVENTORY, faults)
+            closing = await self._exchange(link, request, Cmd.FAST_SWITCH_INVENTORY, faults)
+            if closing is LOST:
+                continue  # the round's end was damaged: its antenna outcomes are unknown
             if isinstance(closing, ErrorReply) and closing.code != Status.NO_TAG:
                 raise _ReaderError(f"inventory failed: {_describe(closing)}")
             faulted = {fault.antenna + 1: _describe(fault) for fault in faults}
@@ -299,10 +325,22 @@ class R2000Session:
         else:
             self._report_up()
 
-    async def _transact(
+    async def _transact(self, link: _Link, request: bytes, cmd: Cmd) -> Closing:
+        """Send a setup command and return its reply, asking again if a reply is lost."""
+        for _ in range(LOST_REPLY_ATTEMPTS):
+            reply = await self._exchange(link, request, cmd)
+            if reply is not LOST:
+                return reply
+        raise _ReaderError(
+            f"the reply to command {cmd:02X} was damaged on the line {LOST_REPLY_ATTEMPTS} "
+            "times in a row"
+        )
+
+    async def _exchange(
         self, link: _Link, request: bytes, cmd: Cmd, faults: list[AntennaFault] | None = None
-    ) -> Closing:
-        """Send ``request``; emit the tags that stream back; return the reply that closes it.
+    ) -> Closing | _Lost:
+        """Send ``request``; emit the tags that stream back; return the reply that closes it,
+        or LOST when that reply was damaged on the line (see LOST_REPLY_QUIET_S).
 
         8A antenna fault frames arrive mid-round and are appended to ``faults``. The timeout
         bounds the silence between decoded frames, not the whole exchange, so a long round
@@ -311,15 +349,27 @@ class R2000Session:
         :func:`push_back` needs to.
         """
         timeout_s = self._config.reply_timeout_s
-        pending = link.pending
+        host, pending = link.host, link.pending
+        discarded = host.bytes_discarded
         try:
             async with asyncio.timeout(timeout_s) as deadline:
                 link.writer.write(request)
                 await link.writer.drain()
                 while True:
                     while not pending:
-                        await self._receive(link)
-                        push_back(deadline, timeout_s)
+                        before = host.bytes_discarded
+                        if host.buffered or before != discarded:
+                            if not await self._receive_within(link, LOST_REPLY_QUIET_S):
+                                log.debug("reader.reply_lost", reader=self._config.name, cmd=cmd)
+                                return LOST
+                        else:
+                            await self._receive(link)
+                        if pending:
+                            # Good frames in a chunk that dropped nothing: the line is clean
+                            # again. (A chunk may hold good frames and then the damaged reply.)
+                            if host.bytes_discarded == before:
+                                discarded = before
+                            push_back(deadline, timeout_s)
                     event = pending.popleft()
                     if isinstance(event, TagRead):
                         self._tag_seen(event)
@@ -334,15 +384,25 @@ class R2000Session:
             raise _ReaderError(f"no reply to command {cmd:02X} within {timeout_s} s") from None
 
     async def _receive(self, link: _Link) -> None:
-        """Read until at least one frame is complete; its events go to ``link.pending``."""
-        while not link.pending:
-            data = await link.reader.read(_READ_SIZE)
-            if not data:
-                raise _ReaderError("link closed by the far end")
-            events = link.host.receive_data(data)
-            if events:
-                self._last_seen_mono_s = self._clock()
+        """Read one chunk; the events of the frames it completes go to ``link.pending``."""
+        data = await link.reader.read(_READ_SIZE)
+        if not data:
+            raise _ReaderError("link closed by the far end")
+        events = link.host.receive_data(data)
+        if events:
+            self._last_seen_mono_s = self._clock()
             link.pending.extend(events)
+
+    async def _receive_within(self, link: _Link, quiet_s: float) -> bool:
+        """:meth:`_receive`, unless the line stays silent for ``quiet_s`` (then False)."""
+        try:
+            async with asyncio.timeout(quiet_s) as quiet:
+                await self._receive(link)
+        except TimeoutError:
+            if not quiet.expired():
+                raise
+            return False
+        return True
 
     def _tag_seen(self, read: TagRead) -> None:
         self._emit(

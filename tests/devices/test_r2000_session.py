@@ -255,6 +255,49 @@ async def test_reader_that_never_answers_is_reported_down_after_the_reply_timeou
     ]
 
 
+class DamagingSimulator(R2000Simulator):
+    """Every other reply that closes an exchange is damaged on the line: its checksum byte
+    flipped (the codec drops it), or its last bytes lost (the frame stalls half-received)."""
+
+    def __init__(self, damage: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.damage = damage
+        self.answered: list[int] = []
+
+    def answer(self, request: Request) -> list[bytes]:
+        frames = super().answer(request)
+        self.answered.append(request.cmd)
+        if frames and len(self.answered) % 2 == 0:
+            last = frames[-1]
+            if self.damage == "checksum":
+                frames[-1] = last[:-1] + bytes((last[-1] ^ 0x5A,))
+            else:
+                frames[-1] = last[:-3]
+        return frames
+
+
+@pytest.mark.parametrize("damage", ["checksum", "truncated"])
+async def test_a_reply_damaged_on_the_line_is_asked_again_at_once_not_called_a_fault(
+    background: Background, damage: str
+) -> None:
+    simulator = DamagingSimulator(damage, round_delay_s=0.005)
+    simulator.add_tag(GOLDEN_EPC, antenna_port=1)
+    simulator.add_tag(OTHER_EPC, antenna_port=2)
+    pty = simulator.open_pty()
+    background.start(pty.run())
+    seen = Observations()
+    # A reply timeout far longer than the wait below: only asking again gets this far.
+    config = reader_config(pty.path, antennas=(1, 2), reply_timeout_s=30.0)
+    background.start(session(config, seen).run())
+
+    await wait_until(
+        lambda: simulator.answered.count(Cmd.REAL_TIME_INVENTORY) >= 20, timeout_s=10.0
+    )
+
+    assert seen.links() == [ReaderUp(reader="rfid-1", at_mono_s=NOW)]
+    assert seen.epcs_by_antenna() == {(GOLDEN_EPC, 1), (OTHER_EPC, 2)}
+
+
 async def test_missing_antenna_brings_the_reader_down_without_misattributed_tags(
     background: Background,
 ) -> None:
