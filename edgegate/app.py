@@ -17,12 +17,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from enum import Enum, auto
 from pathlib import Path
 
 import structlog
@@ -84,13 +84,11 @@ STATUS_INTERVAL_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-class _Tick(Enum):
-    """The tracker's next deadline has come: tick it at the current time."""
+class _Tick:
+    """The tracker's next deadline has come: tick it at the current time. One per timer, so
+    that a tick queued by a timer that was re-armed meanwhile is known to be stale."""
 
-    TICK = auto()
-
-
-_TICK = _Tick.TICK
+    __slots__ = ()
 
 
 def tracker_settings(config: Config) -> TrackerSettings:
@@ -145,7 +143,7 @@ class Daemon:
         self._clock = clock
         self._topics = Topics(config.mqtt.topic_prefix, config.gate.site, config.gate.gate_id)
         # None closes intake (shutdown): the tracker decides everything queued before it.
-        # _TICK is the tracker's own deadline falling due (see _track).
+        # A _Tick is the tracker's own deadline falling due (see _track).
         self._observations: asyncio.Queue[Observation | _Tick | None] = asyncio.Queue()
         self._startup = ReaderStartup(reader.name for reader in config.readers)
         self._reload_requested = asyncio.Event()
@@ -371,6 +369,10 @@ class Daemon:
             readers=[session.name for session in self._sessions],
             state_dir=str(self._config.storage.state_dir),
         )
+        # Everything built so far (modules, config, sessions) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it — a pause that
+        # otherwise lands in some passage's decision.
+        gc.freeze()
         self.ready.set()
         self._notifier.ready(await self._status("ready", outbox, store))
         while self._notifier.enabled:
@@ -445,7 +447,7 @@ class Daemon:
     async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
         """Feed the tracker until intake closes (None), then decide what is still open.
 
-        The tracker's next deadline is a timer that queues a :data:`_TICK` behind the
+        The tracker's next deadline is a timer that queues a :class:`_Tick` behind the
         observations, rearmed only when the deadline moves. Under 16 line-rate readers the
         loop waits on an empty queue thousands of times a second, and an ``asyncio.timeout``
         around every wait was a third of the daemon's busy time; the deadline itself moves
@@ -456,6 +458,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
         armed_for: float | None = None
+        armed = _Tick()
         try:
             while True:
                 deadline = tracker.next_deadline()
@@ -465,14 +468,19 @@ class Daemon:
                     timer = None
                     if deadline is not None:
                         delay_s = max(0.0, deadline - self._clock())
-                        timer = loop.call_later(delay_s, queue.put_nowait, _TICK)
+                        armed = _Tick()
+                        timer = loop.call_later(delay_s, queue.put_nowait, armed)
                     armed_for = deadline
                 observation = await queue.get()
                 if observation is None:
                     break
-                if observation is _TICK:
-                    # Fired: whatever the deadline is now, it needs a timer of its own.
-                    timer = armed_for = None
+                if isinstance(observation, _Tick):
+                    if observation is armed:
+                        # Fired: whatever the deadline is now, it needs a timer of its own.
+                        timer = armed_for = None
+                    # A stale tick (its timer fired just before it was re-armed) only ticks:
+                    # forgetting the live timer here would leave it running uncancelled, and
+                    # timers would multiply (seen: 43,000 ticks/s after ten minutes).
                     events = tracker.tick(self._clock())
                 elif self._configured(observation):
                     events = tracker.observe(observation)
