@@ -313,6 +313,8 @@ class WhitelistStore:
         # mid-statement, and separate connections keep lookups free of a long apply.
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # (data_version, vehicle tags) as last read, under the read lock: vehicles_among.
+        self._vehicle_cache: tuple[int, frozenset[str]] | None = None
 
     @classmethod
     def open(cls, state_dir: Path, *, bulk: bool = False) -> WhitelistStore:
@@ -506,9 +508,32 @@ class WhitelistStore:
         return record if isinstance(record, VehicleRecord) else None
 
     def vehicles_among(self, epcs: Iterable[str]) -> dict[str, VehicleRecord]:
-        """The EPCs of a passage that are vehicle tags (the vehicle, not an item)."""
-        found = self._get_many(RecordType.VEHICLE, epcs)
-        return {k: r for k, r in found.items() if isinstance(r, VehicleRecord)}
+        """The EPCs of a passage that are vehicle tags (the vehicle, not an item).
+
+        A passage has a thousand EPCs and at most a vehicle or two: they are told apart in
+        memory, against the set of vehicle tags, and only the vehicles are read. The set is
+        read again whenever the database changed (``PRAGMA data_version`` moves on every
+        commit by another connection: this store's writer, or ``whitelist import``).
+        """
+        layout = _LAYOUTS[RecordType.VEHICLE]
+        with self._reading() as conn:
+            tags = self._vehicle_tags(conn)
+            wanted = [epc for epc in dict.fromkeys(epcs) if epc in tags]
+            if not wanted:
+                return {}
+            sql = f"SELECT body FROM {layout.table} WHERE {layout.where(len(wanted))}"
+            rows = _query(conn, sql, (*layout.scope, *wanted))
+        records = (_record_from_json(body) for (body,) in rows)
+        return {r.vehicle_tag: r for r in records if isinstance(r, VehicleRecord)}
+
+    def _vehicle_tags(self, conn: sqlite3.Connection) -> frozenset[str]:
+        version = _int(_query(conn, "PRAGMA data_version")[0][0])
+        cached = self._vehicle_cache
+        if cached is None or cached[0] != version:
+            sql = "SELECT key FROM records WHERE type = ?"
+            keys = frozenset(str(key) for (key,) in _query(conn, sql, (RecordType.VEHICLE.value,)))
+            cached = self._vehicle_cache = (version, keys)
+        return cached[1]
 
     def enterprise(self, owner: str) -> EnterpriseRecord | None:
         record = self._get(RecordType.ENTERPRISE, owner)

@@ -359,6 +359,26 @@ def test_lookup_items_returns_only_known_epcs_in_batches(
     assert store.lookup_items([]) == {}
 
 
+def test_vehicles_are_recognised_across_applies_here_and_in_another_process(
+    tmp_path: Path, forge: Forge
+) -> None:
+    other_tag = "E2000000000000000000FEED"
+    daemon = WhitelistStore.open(tmp_path)
+    daemon.apply(forge.snapshot([*EXAMPLES], seq=1), site=SITE, sha256="a", now=NOW)
+    assert set(daemon.vehicles_among([EPC, VEHICLE_TAG, other_tag])) == {VEHICLE_TAG}
+
+    second = {**VEHICLE, "vehicle_tag": other_tag}
+    daemon.apply(forge.delta([{"op": "upsert", **second}], seq=2), site=SITE, sha256="b", now=NOW)
+    assert set(daemon.vehicles_among([EPC, VEHICLE_TAG, other_tag])) == {VEHICLE_TAG, other_tag}
+
+    # ``edgegate whitelist import`` is another connection to the same file.
+    with WhitelistStore.open(tmp_path) as importer:
+        gone = {"op": "delete", "type": "vehicle", "vehicle_tag": VEHICLE_TAG}
+        importer.apply(forge.delta([gone], seq=3), site=SITE, sha256="c", now=NOW)
+    assert set(daemon.vehicles_among([EPC, VEHICLE_TAG, other_tag])) == {other_tag}
+    daemon.close()
+
+
 def test_the_whitelist_survives_close_and_reopen(tmp_path: Path, forge: Forge) -> None:
     with WhitelistStore.open(tmp_path) as store:
         apply(store, forge.snapshot(EXAMPLES, seq=9))
