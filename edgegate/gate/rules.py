@@ -179,11 +179,13 @@ def decide(passage: ClosedPassage, facts: Facts, context: DecideContext) -> Deci
             ReasonCode.CUSTOMS_HOLD, detail=f"customs disposition {context.customs_disposition}"
         )
 
+    # Read once here rather than per item: an enum's .value is a descriptor call.
+    heading = direction.value
     for epc, record in items.items():
         if record is None:
             hits.flag(ReasonCode.UNKNOWN_TAG, epc)
             continue
-        _item_rules(hits, record, tids.get(epc), direction, facts, context.now)
+        _item_rules(hits, record, tids.get(epc), direction, heading, facts, context.now)
 
     overdue = tuple(sorted(e for e, r in known.items() if _declaration_overdue(r, context.now)))
     owners = {r.owner for r in known.values() if r.owner}
@@ -213,6 +215,7 @@ def _item_rules(
     record: ItemRecord,
     tid: str | None,
     direction: Direction,
+    heading: str,
     facts: Facts,
     now: datetime,
 ) -> None:
@@ -225,7 +228,7 @@ def _item_rules(
         hits.flag(ReasonCode.CLONED_TAG, epc, detail="EPC already left through this gate")
     # An unknown direction fails every direction check (DESIGN.md §8): a gate that cannot
     # tell in from out must not let goods through on a guess.
-    if direction.value not in record.directions:
+    if heading not in record.directions:
         hits.flag(ReasonCode.DIRECTION_NOT_ALLOWED, epc)
     if record.valid_until is not None and _instant(record.valid_until) <= now:
         hits.flag(ReasonCode.EXPIRED, epc)
