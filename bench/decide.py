@@ -2,7 +2,8 @@
 
 Runs the daemon's real decision path in this process — whitelist lookup on a worker thread,
 the pure rules, the durable outbox commit (``synchronous=FULL``), then the gate plan driven
-over Modbus RTU through a pseudo-terminal to the pymodbus gate I/O simulator, and the
+over Modbus RTU through a pseudo-terminal to the pymodbus gate I/O simulator (a process of
+its own, as the module is hardware of its own), and the
 decision published to a local mosquitto — for passages of 10, 100 and 1,000 tags. Three
 instants are taken from the moment the passage is handed over as closed: the barrier coil
 written at the simulator (the gate acts only once the decision is durable in the outbox,
@@ -35,6 +36,7 @@ import json
 import shutil
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -57,8 +59,6 @@ from edgegate.whitelist.bundle import (
 )
 from edgegate.whitelist.records import RecordType
 from edgegate.whitelist.store import DB_NAME, WhitelistStore
-from simulators.endpoints import PtyEndpoint
-from simulators.gateio import GateIoSimulator
 
 RESULTS = Path(__file__).parent / "results" / "decide.json"
 SIZES = (10, 100, 1000)
@@ -229,11 +229,57 @@ def summary(samples: list[float]) -> tuple[float, float]:
     return statistics.median(samples), pct(samples, 99)
 
 
+class IoModule:
+    """The gate I/O simulator (``edgegate-sim gate-io``) as a process of its own, as the
+    module is hardware of its own: its Modbus work does not share the daemon's event loop.
+    It prints every coil change on stderr; each is noted with the moment it was read."""
+
+    def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
+        self._process = process
+        self.url = url
+        self.changes: list[tuple[float, bool]] = []  # (perf_counter, barrier coil on)
+        self._news = asyncio.Event()
+
+    @classmethod
+    async def start(cls) -> IoModule:
+        simulator = Path(sys.executable).with_name("edgegate-sim")
+        process = await asyncio.create_subprocess_exec(
+            str(simulator),
+            "gate-io",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        url = (await process.stdout.readline()).decode().strip()
+        return cls(process, url)
+
+    async def run(self) -> None:
+        stderr = self._process.stderr
+        assert stderr is not None
+        while line := await stderr.readline():
+            if b"coils " in line:
+                self.changes.append((time.perf_counter(), b"barrier=on" in line))
+                self._news.set()
+
+    async def barrier(self, open_: bool, after: int) -> float:
+        """When the barrier coil next became ``open_`` among the changes after ``after``."""
+        while True:
+            for at, on in self.changes[after:]:
+                if on == open_:
+                    return at
+            self._news.clear()
+            await self._news.wait()
+
+    async def stop(self) -> None:
+        self._process.terminate()
+        await self._process.wait()
+
+
 async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str, float]]:
     figures: dict[str, dict[str, float]] = {}
-    async with GateIoSimulator() as io:
-        link = state_dir / "io-1"
-        endpoint = PtyEndpoint(io.converse, link)
+    io = await IoModule.start()
+    try:
         # As a gate's broker should be configured (docs/deployment.md): Nagle off.
         with LocalBroker(options=("set_tcp_nodelay true",)) as broker:
             config = parse_config(
@@ -243,9 +289,7 @@ async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str,
                     "storage": {"state_dir": str(state_dir)},
                     "whitelist": {"trusted_keys": [key]},
                     "inspection": {"enabled": False},
-                    "readers": [
-                        {"name": "io-1", "kind": "gate-io", "url": str(link), "poll_ms": 50}
-                    ],
+                    "readers": [{"name": "io-1", "kind": "gate-io", "url": io.url, "poll_ms": 50}],
                 },
                 environ={},
             )
@@ -258,29 +302,24 @@ async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str,
                 await client.subscribe(topics.decision, qos=1)
                 subscriber = Subscriber(client)
                 listening = group.create_task(subscriber.run(), name="subscriber")
-                plug = group.create_task(endpoint.run(), name="gate-io-simulator")
+                watching = group.create_task(io.run(), name="gate-io-coils")
                 running = group.create_task(daemon.run(), name="daemon")
                 await daemon.ready.wait()
                 for size in SIZES:
                     coiled, received, settled = [], [], []
                     for round_no in range(rounds):
                         closed = passage(size, round_no, time.monotonic())
-                        writes = io.coil_writes
+                        seen = len(io.changes)
                         start = time.perf_counter()
                         deciding = group.create_task(daemon.decide_and_act(closed))
-                        await io.until(
-                            lambda w=writes: (
-                                io.coil_writes > w  # type: ignore[misc]
-                                and io.coils()["barrier"]
-                            )
-                        )
-                        coiled.append((time.perf_counter() - start) * 1000)
+                        coiled.append((await io.barrier(True, seen) - start) * 1000)
                         arrived = await subscriber.until(closed.passage_id)
                         received.append((arrived - start) * 1000)
                         await deciding
                         settled.append((time.perf_counter() - start) * 1000)
+                        seen = len(io.changes)
                         daemon.passage_ended(closed.passage_id)
-                        await io.until_coils(barrier=False)
+                        await io.barrier(False, seen)
                     ceiling = ceiling_ms(state_dir, size, rounds)
                     figures[str(size)] = dict(
                         zip(
@@ -305,8 +344,10 @@ async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str,
                     )
                 daemon.request_stop()
                 await running
-                plug.cancel()
                 listening.cancel()
+                watching.cancel()
+    finally:
+        await io.stop()
     return figures
 
 

@@ -97,7 +97,7 @@ def codecs_rows(data: Json) -> Iterator[Row]:
 def whitelist_rows(data: Json) -> Iterator[Row]:
     f = cast(Json, data.get("figures", {}))
     items = _num(f, "items") or 0
-    scale = f"{items / 1e6:g}M items"
+    scale = f"{items / 1e6:.3g}M items"
     lookup_p99 = _num(f, "lookup_p99_ms")
     yield Row(
         "Whitelist",
@@ -163,7 +163,7 @@ def whitelist_rows(data: Json) -> Iterator[Row]:
 
 def decide_rows(data: Json) -> Iterator[Row]:
     items = _num(data, "items") or 0
-    scale = f"{items / 1e6:g}M items"
+    scale = f"{items / 1e6:.3g}M items"
     sizes = cast(Json, data.get("sizes", {}))
     for size in sorted(sizes, key=int):
         f = cast(Json, sizes[size])
