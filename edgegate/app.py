@@ -84,11 +84,52 @@ STATUS_INTERVAL_S = 10.0
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
-class _Tick:
+class Tick:
     """The tracker's next deadline has come: tick it at the current time. One per timer, so
     that a tick queued by a timer that was re-armed meanwhile is known to be stale."""
 
     __slots__ = ()
+
+
+class DeadlineTicks:
+    """One timer for a deadline that moves: a :class:`Tick` is handed to ``put`` when due.
+
+    Invariant: at most one timer is live, and only its tick counts as current. Under 16
+    line-rate readers the tracker loop waits on its queue thousands of times a second; an
+    ``asyncio.timeout`` around every wait was a third of the daemon's busy time, while the
+    deadline itself moves only when a new EPC arrives or a lingering tag's departure falls due.
+    """
+
+    def __init__(self, put: Callable[[Tick], None], clock: Callable[[], float]) -> None:
+        self._put = put
+        self._clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: Tick | None = None
+        self._armed_for: float | None = None
+
+    def arm(self, deadline: float | None) -> None:
+        """A tick at ``deadline`` (None: no tick); nothing to do while it has not moved."""
+        if deadline == self._armed_for:
+            return
+        self.cancel()
+        if deadline is not None:
+            tick = self._armed = Tick()
+            delay_s = max(0.0, deadline - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._put, tick)
+            self._armed_for = deadline
+
+    def received(self, tick: Tick) -> None:
+        """``tick`` was taken from the queue. The live timer's tick spends it (the next
+        :meth:`arm` starts another). A stale one — its timer fired just before a re-arm —
+        changes nothing: forgetting the live timer then would leave it running uncancelled,
+        and timers would multiply (seen: 43,000 ticks/s ten minutes into a soak)."""
+        if tick is self._armed:
+            self._timer = self._armed = self._armed_for = None
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._armed = self._armed_for = None
 
 
 def tracker_settings(config: Config) -> TrackerSettings:
@@ -143,8 +184,8 @@ class Daemon:
         self._clock = clock
         self._topics = Topics(config.mqtt.topic_prefix, config.gate.site, config.gate.gate_id)
         # None closes intake (shutdown): the tracker decides everything queued before it.
-        # A _Tick is the tracker's own deadline falling due (see _track).
-        self._observations: asyncio.Queue[Observation | _Tick | None] = asyncio.Queue()
+        # A Tick is the tracker's own deadline falling due (see _track).
+        self._observations: asyncio.Queue[Observation | Tick | None] = asyncio.Queue()
         self._startup = ReaderStartup(reader.name for reader in config.readers)
         self._reload_requested = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
@@ -445,42 +486,19 @@ class Daemon:
             log.warning("config.restart_needed", sections=list(plan.restart_needed))
 
     async def _track(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
-        """Feed the tracker until intake closes (None), then decide what is still open.
-
-        The tracker's next deadline is a timer that queues a :class:`_Tick` behind the
-        observations, rearmed only when the deadline moves. Under 16 line-rate readers the
-        loop waits on an empty queue thousands of times a second, and an ``asyncio.timeout``
-        around every wait was a third of the daemon's busy time; the deadline itself moves
-        only when a new EPC arrives or a lingering tag's departure falls due.
-        """
+        """Feed the tracker until intake closes (None), then decide what is still open;
+        its deadlines arrive as ticks queued behind the observations (:class:`DeadlineTicks`)."""
         tracker = self._tracker
         queue = self._observations
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
-        armed_for: float | None = None
-        armed = _Tick()
+        ticks = DeadlineTicks(queue.put_nowait, self._clock)
         try:
             while True:
-                deadline = tracker.next_deadline()
-                if deadline != armed_for:
-                    if timer is not None:
-                        timer.cancel()
-                    timer = None
-                    if deadline is not None:
-                        delay_s = max(0.0, deadline - self._clock())
-                        armed = _Tick()
-                        timer = loop.call_later(delay_s, queue.put_nowait, armed)
-                    armed_for = deadline
+                ticks.arm(tracker.next_deadline())
                 observation = await queue.get()
                 if observation is None:
                     break
-                if isinstance(observation, _Tick):
-                    if observation is armed:
-                        # Fired: whatever the deadline is now, it needs a timer of its own.
-                        timer = armed_for = None
-                    # A stale tick (its timer fired just before it was re-armed) only ticks:
-                    # forgetting the live timer here would leave it running uncancelled, and
-                    # timers would multiply (seen: 43,000 ticks/s after ten minutes).
+                if isinstance(observation, Tick):
+                    ticks.received(observation)
                     events = tracker.tick(self._clock())
                 elif self._configured(observation):
                     events = tracker.observe(observation)
@@ -489,8 +507,7 @@ class Daemon:
                 for event in events:
                     await self._on_tracker_event(event, outbox, store)
         finally:
-            if timer is not None:
-                timer.cancel()
+            ticks.cancel()
         now = self._clock()
         for event in [*tracker.tick(now), *tracker.flush(now)]:
             await self._on_tracker_event(event, outbox, store)
