@@ -1,8 +1,8 @@
 """``python -m bench``: run every benchmark, then write the one report.
 
-- ``python -m bench``            every benchmark at full size (about 45 minutes: the 10M-item
-                                  whitelist, the 5-minute load test and the 10-minute soak
-                                  dominate), then ``report``;
+- ``python -m bench``            every benchmark at full size (about 25 minutes on 2 cores:
+                                  the 10M-item whitelist, the 5-minute load test and the
+                                  10-minute soak dominate), then ``report``;
 - ``python -m bench --quick``    the same at smoke size (a few minutes; figures not for quoting);
 - ``python -m bench NAME [ARGS]`` one benchmark (``--list`` names them), e.g.
                                   ``python -m bench whitelist --items 100000``;
