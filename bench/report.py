@@ -366,6 +366,8 @@ def build_rows(sources: list[Source]) -> list[Row]:
 def fmt(value: float | None) -> str:
     if value is None:
         return "—"
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"  # counts
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
