@@ -641,10 +641,10 @@ class Daemon:
         """Bookkeeping that follows a durable decision: departures and overdue alarms."""
         if decision.verdict is Verdict.PASS and passage.direction is not Direction.UNKNOWN:
             goods = [epc for epc, record in decision.items.items() if record is not None]
-            outbound = passage.direction is Direction.OUT
-            await asyncio.to_thread(
-                self._history.record, outbound=outbound, epcs=goods, known=departed
-            )
+            if departed is not None:  # asked exactly for outbound passages (_look_up)
+                await asyncio.to_thread(self._history.leave, goods, already=departed)
+            else:
+                await asyncio.to_thread(self._history.come_back, goods)
         if decision.overdue_epcs:
             count = len(decision.overdue_epcs)
             await self._alarms.raise_alarm(

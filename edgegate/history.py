@@ -54,38 +54,24 @@ class DepartureHistory:
             found.update(row[0] for row in rows)
         return frozenset(found)
 
-    def record(self, *, outbound: bool, epcs: Iterable[str], known: frozenset[str] | None) -> None:
-        """A passed passage's goods left (``outbound``) or came in.
-
-        ``known`` is what :meth:`departed_among` said of these EPCs when the passage was
-        looked up (this history has one writer, the decision path, so it still holds), or
-        None when it was not asked. Goods coming in that are known never to have left
-        change nothing; goods leaving add exactly the EPCs not already held, which keeps
-        the row count without counting the table each time.
-        """
+    def leave(self, epcs: Iterable[str], *, already: frozenset[str]) -> None:
+        """A passed passage's goods went out. ``already`` is what :meth:`departed_among` said
+        of them when the passage was looked up (the decision path is this history's only
+        writer, so it still holds): the rows added are exactly the others, which keeps the
+        row count without counting the table each time."""
         wanted = list(dict.fromkeys(epcs))
-        if outbound:
-            self._leave(wanted, known)
-            return
-        # Goods coming in have rarely left through this gate: a read finds the few that did,
-        # so that most inbound passages write nothing (a thousand-row delete held the GIL
-        # for ~4 ms while the gate was being driven).
-        held = self.departed_among(wanted) if known is None else known
-        self._come_back([epc for epc in wanted if epc in held])
-
-    def _leave(self, epcs: list[str], known: frozenset[str] | None) -> None:
-        if not epcs:
+        if not wanted:
             return
         with self._transaction() as db:
             now = time.time()
             db.executemany(
                 "INSERT OR REPLACE INTO departed(epc, at) VALUES (?, ?)",
-                [(epc, now) for epc in epcs],
+                [(epc, now) for epc in wanted],
             )
-            if known is None or self._rows is None:
+            if self._rows is None:
                 rows = int(db.execute("SELECT count(*) FROM departed").fetchone()[0])
             else:
-                rows = self._rows + sum(1 for epc in epcs if epc not in known)
+                rows = self._rows + sum(1 for epc in wanted if epc not in already)
             if rows > self._max_rows:
                 # Oldest first, through the index on ``at``: the cost is the excess only.
                 db.execute(
@@ -96,13 +82,19 @@ class DepartureHistory:
                 rows = self._max_rows
         self._rows = rows
 
-    def _come_back(self, epcs: list[str]) -> None:
-        if not epcs:
+    def come_back(self, epcs: Iterable[str]) -> None:
+        """A passed passage's goods came in: forget those that had left.
+
+        Goods coming in have rarely left through this gate: a read finds the few that did,
+        so that most inbound passages write nothing (a thousand-row delete held the GIL for
+        ~4 ms while the gate was being driven)."""
+        held = sorted(self.departed_among(epcs))
+        if not held:
             return
         with self._transaction() as db:
-            db.executemany("DELETE FROM departed WHERE epc = ?", [(epc,) for epc in epcs])
+            db.executemany("DELETE FROM departed WHERE epc = ?", [(epc,) for epc in held])
         if self._rows is not None:
-            self._rows -= len(epcs)
+            self._rows -= len(held)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
