@@ -705,20 +705,18 @@ def _batches(
     upserts: list[_Row] = []
     deletes: list[str] = []
     item = RecordType.ITEM
-    for entry in changes:
-        # An item record is a NamedTuple, so it is a tuple too: give item upserts one shape,
-        # the row, before telling rows from other changes by type.
-        change = item_to_row(entry) if isinstance(entry, ItemRecord) else entry
+    for change in changes:
+        # Rows are told from records by exact type: an ItemRecord is a NamedTuple, a tuple
+        # too, whose fields stand in another order than a row's.
         if type(change) is tuple:  # a clean item upsert, the bulk of any snapshot
             if run_type is item and not run_delete and len(upserts) < BATCH:
-                upserts.append(_item_db_row(change))
+                upserts.append(_item_db_row(cast(ItemRow, change)))
                 continue
             rtype, is_delete = item, False
         elif isinstance(change, Delete):
             rtype, is_delete = change.type, True
         else:
-            assert not isinstance(change, tuple)
-            rtype, is_delete = record_type(change), False
+            rtype, is_delete = record_type(cast(Record, change)), False
         if run_type is not None and (
             rtype is not run_type or is_delete != run_delete or len(upserts) + len(deletes) >= BATCH
         ):
@@ -727,10 +725,10 @@ def _batches(
         run_type, run_delete = rtype, is_delete
         if isinstance(change, Delete):
             deletes.append(change.key)
-        elif isinstance(change, tuple):
-            upserts.append(_item_db_row(change))
+        elif type(change) is tuple:
+            upserts.append(_item_db_row(cast(ItemRow, change)))
         else:
-            upserts.append(_LAYOUTS[rtype].row(change))
+            upserts.append(_LAYOUTS[rtype].row(cast(Record, change)))
     if run_type is not None:
         yield run_type, upserts, deletes
 
