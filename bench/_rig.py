@@ -62,7 +62,7 @@ from edgegate.whitelist.bundle import public_key_base64
 from simulators.backoffice import compact, header, write_bundle_file
 from simulators.faults import BITS_PER_BYTE_8N1
 from simulators.gateio import GateIoSimulator
-from simulators.harness import Gate, cancel_until_done, poll
+from simulators.harness import Gate, cancel_until_done, import_whitelist, poll
 from simulators.scanner import ScannerSimulator
 
 SITE, GATE = "HAK-CBZ", "LOAD01"
@@ -268,22 +268,6 @@ interval_s = {shape.health_interval_s}
         + "\n".join(blocks),
         encoding="utf-8",
     )
-
-
-async def import_whitelist(bundle: Path, config: Path) -> None:
-    """``edgegate whitelist import`` as its own process, as an operator runs it."""
-    command = ["whitelist", "import", str(bundle), "--config", str(config), "--no-progress"]
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edgegate",
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await process.communicate()
-    if process.returncode != 0:
-        raise SystemExit(f"whitelist import failed: {out.decode().strip()}")
 
 
 # -- measuring -----------------------------------------------------------------------------

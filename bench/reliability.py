@@ -87,6 +87,7 @@ from simulators.harness import (
     Payload,
     Receiver,
     cancel_until_done,
+    import_whitelist,
     pallet_epc,
     poll,
     settle,
@@ -260,7 +261,9 @@ async def rig(
             gate_io=gate_io,
         )
         if whitelist is not None:
-            await import_whitelist(work / "snapshot.bundle", whitelist, config)
+            bundle = work / "snapshot.bundle"
+            await asyncio.to_thread(bundle.write_bytes, whitelist)
+            await import_whitelist(bundle, config)
         gate = Gate(config, state, log)
         office = Receiver(broker, ack=tally.ack == "app")
         try:
@@ -288,25 +291,6 @@ async def rig(
                     await cancel_until_done(task)
         finally:
             await gate.reap()
-
-
-async def import_whitelist(path: Path, bundle: bytes, config: Path) -> None:
-    await asyncio.to_thread(path.write_bytes, bundle)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edgegate",
-        "whitelist",
-        "import",
-        str(path),
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"whitelist import failed: {err.decode().strip()}")
 
 
 async def whitelist_stats(config: Path) -> dict[str, str]:

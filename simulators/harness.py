@@ -2,7 +2,8 @@
 counts what arrives, and the outbox read from disk — shared by tests/faults and
 ``python -m bench reliability``.
 
-Owns the gate's config for these runs (:func:`write_config`), :class:`Gate` (the daemon as a
+Owns the gate's config for these runs (:func:`write_config`) and its whitelist
+(:func:`import_whitelist`), :class:`Gate` (the daemon as a
 process that can be SIGKILLed and started again), :class:`Passages` (pallets past an R2000
 simulator, one new EPC each), :class:`Receiver` (the back office's receiving end: every
 durable event the gate publishes, its acks with ``mqtt.ack = "app"``, and the latest
@@ -116,6 +117,21 @@ antennas = [1]
 {io}""",
         encoding="utf-8",
     )
+
+
+async def import_whitelist(bundle: Path, config: Path) -> None:
+    """``edgegate whitelist import`` of ``bundle`` as its own process, as an operator runs it."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edgegate",
+        *("whitelist", "import", str(bundle), "--config", str(config), "--no-progress"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"whitelist import failed: {out.decode().strip()}")
 
 
 class Gate:
