@@ -57,6 +57,7 @@ from edgegate.whitelist.bundle import (
     sign_body,
     verify_bundle,
 )
+from edgegate.whitelist.index import INDEX_PREFIX
 from edgegate.whitelist.records import RecordType
 from edgegate.whitelist.store import DB_NAME, WhitelistStore
 
@@ -120,6 +121,8 @@ def build_store(state_dir: Path, items: int, store_from: Path | None) -> tuple[s
     base_seq: int | None = None
     if store_from is not None:
         shutil.copyfile(store_from / DB_NAME, state_dir / DB_NAME)
+        for index in store_from.glob(f"{INDEX_PREFIX}*"):  # the one the database names
+            shutil.copyfile(index, state_dir / index.name)
         with WhitelistStore.open(state_dir) as store:
             base_seq = store.state().seq
         items = max(SIZES)

@@ -42,7 +42,7 @@ from edgegate.whitelist.errors import BundleError, RejectReason
 from edgegate.whitelist.freshness import format_age, freshness
 from edgegate.whitelist.records import RecordType, format_timestamp, normalize_epc, to_json
 from edgegate.whitelist.source import BundleFile, SourceError, open_bundle_file
-from edgegate.whitelist.store import DB_NAME, StoreError, WhitelistStore
+from edgegate.whitelist.store import DB_NAME, IndexState, StoreError, WhitelistStore
 
 # Bundle files may be far larger than MQTT payloads: they are mapped, not read (a 10M-item
 # snapshot is ~3.5 GB). The bound stops a gzip bomb from filling the disk.
@@ -217,6 +217,7 @@ def stats(config: WhitelistConfig, state_dir: Path) -> str:
             state = store.state()
             statuses = store.item_status_counts()
             history = store.history(limit=5)
+            index = store.index_state()
     except StoreError as exc:
         raise AdminError(str(exc)) from None
     fresh = freshness(state.issued_at, datetime.now(UTC), config.max_age_s)
@@ -235,6 +236,7 @@ def stats(config: WhitelistConfig, state_dir: Path) -> str:
         "records     " + "  ".join(f"{rtype}={state.counts[rtype]:,}" for rtype in RecordType),
         "items by status  "
         + ("  ".join(f"{status}={n:,}" for status, n in sorted(statuses.items())) or "-"),
+        f"item index  {_index_line(index)}",
     ]
     if history:
         lines.append("recent bundles (newest first):")
@@ -244,6 +246,21 @@ def stats(config: WhitelistConfig, state_dir: Path) -> str:
             for h in history
         ]
     return "\n".join(lines)
+
+
+def _index_line(index: IndexState) -> str:
+    if index.file is None:
+        return "none yet: lookups read the database until the next apply builds one"
+    if not index.usable:
+        return (
+            f"{index.file} is MISSING or DAMAGED: lookups read the database until the next "
+            "apply rebuilds it"
+        )
+    built = "-" if index.built_at is None else format_timestamp(index.built_at)
+    return (
+        f"{index.records:,} items in {index.file}, built {built}; "
+        f"{index.unindexed:,} changed since (read from the database)"
+    )
 
 
 def keys_from_file(path: Path) -> TrustedKeys:

@@ -20,6 +20,11 @@ Layout, and why:
 - a snapshot's items are staged in a TEMP table in bundle order and moved into ``items``
   sorted by EPC in the same transaction: ten million keys inserted in arrival order would
   touch a random B-tree page each, sorted they fill pages one after another;
+- passages read items through the item index (index.py), a file of hash buckets written
+  from ``items`` by the apply that needs one; ``item_index`` names the current file, and
+  ``items_unindexed`` lists the items changed since it was written, which lookups read
+  from ``items`` instead. Every snapshot writes a new index (all items changed); a delta
+  only lists its items, until more than ``reindex_after`` are listed;
 - memory: the daemon's connections keep small page caches and never map the file, so its
   RSS does not grow with the whitelist; ``open(bulk=True)`` (``whitelist import``) trades
   memory for speed.
@@ -33,6 +38,11 @@ Invariants:
 - lookups never wait for an apply: they use their own connection, and WAL lets them read the
   last committed state meanwhile; each lookup is one read transaction, so a passage sees one
   consistent whitelist even across several queries;
+- the item index answers exactly as ``items`` does: the file named in ``item_index`` holds
+  every item as it stood when the file was written, and every item changed since is listed
+  in ``items_unindexed`` in the transaction that changed it; an index file is written and
+  synced before the transaction naming it commits, removed if it does not, and the file it
+  replaces is removed after. Without a usable file, lookups read ``items`` alone;
 - every read fetches all rows before returning, so no statement is left open to pin an old
   snapshot (which would hide another process's import and stall WAL checkpoints).
 """
@@ -54,6 +64,16 @@ from typing import cast
 from edgegate.gate.model import ItemRecord
 from edgegate.whitelist.bundle import BundleKind, VerifiedBundle
 from edgegate.whitelist.errors import BundleError, RejectReason
+from edgegate.whitelist.index import (
+    INDEX_PREFIX,
+    INDEX_SUFFIX,
+    ItemIndex,
+    UnusableIndexError,
+    file_name,
+    index_usable,
+    json_tuple,
+    write_index,
+)
 from edgegate.whitelist.records import (
     ITEM_ROW_FIELDS,
     Delete,
@@ -75,11 +95,14 @@ from edgegate.whitelist.records import (
 )
 
 DB_NAME = "whitelist.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Rows per executemany / keys per IN list: far below SQLite's bound-parameter limit, large
 # enough that per-statement overhead vanishes on multi-million-row snapshots.
 BATCH = 500
 BUSY_TIMEOUT_S = 10.0
+# Items changed since the item index was built are answered from SQLite; past this many, the
+# apply that adds them builds a new index (each one listed costs the daemon ~100 bytes).
+REINDEX_AFTER = 100_000
 # Bounds the WAL file left on disk after a large import has been checkpointed.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 # Page caches, in KiB. The daemon's are small so that its memory does not grow with the
@@ -144,8 +167,23 @@ CREATE TABLE history (
 );
 CREATE INDEX history_by_seq ON history (site, seq);
 """
+# Schema 2 adds the item index's bookkeeping (index.py); a schema 1 file is upgraded in place
+# and has no index until its next apply builds one.
+_SCHEMA_2 = """
+CREATE TABLE item_index (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    token    TEXT NOT NULL,
+    records  INTEGER NOT NULL,
+    built_at TEXT NOT NULL
+);
+CREATE TABLE items_unindexed (
+    epc TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;
+"""
 
 _ITEM_COLUMNS = ", ".join(ITEM_ROW_FIELDS)
+_UNINDEXED_INSERT = "INSERT OR IGNORE INTO items_unindexed (epc) VALUES (?)"
+_UNINDEXED_SELECT = "SELECT epc FROM items_unindexed"
 # A snapshot's items on their way in (see _apply); a TEMP table, so never in whitelist.db.
 _STAGED = "temp.staged_items"
 _STAGE_SQL = f"INSERT INTO {_STAGED} VALUES ({', '.join('?' * len(ITEM_ROW_FIELDS))})"
@@ -192,6 +230,27 @@ class ApplyResult:
     previous_seq: int | None
     records: int
     counts: dict[RecordType, int]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    """The item index as recorded: for ``whitelist stats``."""
+
+    file: str | None  # None: no index yet, every lookup reads SQLite
+    usable: bool  # False: the file is missing or damaged, every lookup reads SQLite
+    records: int
+    built_at: datetime | None
+    unindexed: int  # items changed since it was built, answered from SQLite
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What the reader knows of the database as of one ``PRAGMA data_version``."""
+
+    version: int
+    vehicle_tags: frozenset[str]
+    index: ItemIndex | None
+    unindexed: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,24 +363,29 @@ class WhitelistStore:
         writer: sqlite3.Connection,
         *,
         bulk: bool = False,
+        reindex_after: int = REINDEX_AFTER,
     ) -> None:
         self.path = path
         self._bulk = bulk
+        self._reindex_after = reindex_after
         self._reader = reader
         self._writer = writer
         # One lock per connection: sqlite3 connections are not safe to share between threads
         # mid-statement, and separate connections keep lookups free of a long apply.
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        # (data_version, vehicle tags) as last read, under the read lock: vehicles_among.
-        self._vehicle_cache: tuple[int, frozenset[str]] | None = None
+        # Under the read lock: see _view.
+        self._view_cache: _View | None = None
 
     @classmethod
-    def open(cls, state_dir: Path, *, bulk: bool = False) -> WhitelistStore:
+    def open(
+        cls, state_dir: Path, *, bulk: bool = False, reindex_after: int = REINDEX_AFTER
+    ) -> WhitelistStore:
         """Open (creating if needed) ``state_dir/whitelist.db``.
 
         ``bulk`` gives the writer a large page cache, for one-off imports of big snapshots;
-        the daemon opens without it and keeps its memory flat.
+        the daemon opens without it and keeps its memory flat. ``reindex_after``: see
+        REINDEX_AFTER.
         """
         path = state_dir / DB_NAME
         try:
@@ -353,12 +417,15 @@ class WhitelistStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: cannot open the whitelist database: {exc}") from None
             raise
-        return cls(path, reader, writer, bulk=bulk)
+        return cls(path, reader, writer, bulk=bulk, reindex_after=reindex_after)
 
     def close(self) -> None:
         with self._read_lock, self._write_lock:
             self._reader.close()
             self._writer.close()
+            if self._view_cache is not None and self._view_cache.index is not None:
+                self._view_cache.index.close()
+            self._view_cache = None
 
     def __enter__(self) -> WhitelistStore:
         return self
@@ -395,18 +462,31 @@ class WhitelistStore:
         with self._write_lock, self._sqlite_errors("apply a bundle to"):
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
+            change = _IndexChange(retired=None, written=None)
             try:
                 result = _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress)
+                change = _keep_index(
+                    conn,
+                    self.path.parent,
+                    rebuild=result.kind is BundleKind.SNAPSHOT,
+                    reindex_after=self._reindex_after,
+                    now=now,
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                     conn.execute("ROLLBACK")
+                if change.written is not None:
+                    change.written.unlink(missing_ok=True)
                 raise
             finally:
                 if not self._bulk:
                     # Give back the pages a large apply pulled in: the daemon's memory stays
                     # flat however big the deltas it applies.
                     conn.execute("PRAGMA shrink_memory")
+            if change.retired is not None:
+                # Readers that still have it open keep reading it until they see the commit.
+                change.retired.unlink(missing_ok=True)
             return result
 
     def checkpoint(self) -> None:
@@ -461,6 +541,17 @@ class WhitelistStore:
             for site, seq, kind, base_seq, issued_at, issuer, kid, sha, records, applied_at in rows
         ]
 
+    def index_state(self) -> IndexState:
+        with self._reading() as conn:
+            built = _query(conn, "SELECT token, records, built_at FROM item_index")
+            unindexed = _int(_query(conn, "SELECT count(*) FROM items_unindexed")[0][0])
+        if not built:
+            return IndexState(None, False, 0, None, unindexed)
+        token, records, built_at = built[0]
+        name = file_name(str(token))
+        usable = index_usable(self.path.parent / name, str(token))
+        return IndexState(name, usable, _int(records), _instant(built_at), unindexed)
+
     def item_status_counts(self) -> dict[str, int]:
         """Items per status. Scans the items table: for ``whitelist stats``, not per passage."""
         with self._reading() as conn:
@@ -470,14 +561,22 @@ class WhitelistStore:
     def lookup_items(self, epcs: Iterable[str]) -> dict[str, ItemRecord]:
         """The known items among ``epcs`` (upper-case hex), read in one transaction.
 
-        This is the batch lookup of a passage: all its EPCs in a few ``IN`` queries. Keys
-        go in sorted, so that SQLite walks the B-tree in order and neighbouring EPCs (one
-        pallet, one SKU) share the pages they live on.
+        This is the batch lookup of a passage: all its EPCs at once. The item index answers
+        for every item it holds; items changed since it was built (or all of them, while
+        there is no index) come from SQLite in a few ``IN`` queries, keys sorted so that
+        SQLite walks its B-tree in order. Both reads see the same committed whitelist: the
+        index and the list of items it must not be asked about are those of the
+        transaction's snapshot (see _view).
         """
-        wanted = sorted(set(epcs))
+        wanted = set(epcs)
         found: dict[str, ItemRecord] = {}
         with self._reading() as conn:
-            for chunk in _chunks(wanted):
+            view = self._view(conn)
+            if view.index is not None:
+                elsewhere = wanted & view.unindexed
+                view.index.lookup(wanted - elsewhere if elsewhere else wanted, found)
+                wanted = elsewhere
+            for chunk in _chunks(sorted(wanted)):
                 rows = _query(conn, _item_select(len(chunk)), chunk)
                 found.update((str(row[0]), _item_from_row(row)) for row in rows)
         return found
@@ -511,13 +610,11 @@ class WhitelistStore:
         """The EPCs of a passage that are vehicle tags (the vehicle, not an item).
 
         A passage has a thousand EPCs and at most a vehicle or two: they are told apart in
-        memory, against the set of vehicle tags, and only the vehicles are read. The set is
-        read again whenever the database changed (``PRAGMA data_version`` moves on every
-        commit by another connection: this store's writer, or ``whitelist import``).
+        memory, against the set of vehicle tags (see _view), and only the vehicles are read.
         """
         layout = _LAYOUTS[RecordType.VEHICLE]
         with self._reading() as conn:
-            tags = self._vehicle_tags(conn)
+            tags = self._view(conn).vehicle_tags
             wanted = [epc for epc in dict.fromkeys(epcs) if epc in tags]
             if not wanted:
                 return {}
@@ -526,14 +623,42 @@ class WhitelistStore:
         records = (_record_from_json(body) for (body,) in rows)
         return {r.vehicle_tag: r for r in records if isinstance(r, VehicleRecord)}
 
-    def _vehicle_tags(self, conn: sqlite3.Connection) -> frozenset[str]:
+    def _view(self, conn: sqlite3.Connection) -> _View:
+        """The vehicle tags, the item index and the items it must not be asked about.
+
+        Read again, in the caller's read transaction, whenever the database changed:
+        ``PRAGMA data_version`` moves on every commit by another connection (this store's
+        writer, or ``whitelist import`` in another process), and as the transaction's first
+        read it is that of the snapshot the rest of the transaction sees.
+        """
         version = _int(_query(conn, "PRAGMA data_version")[0][0])
-        cached = self._vehicle_cache
-        if cached is None or cached[0] != version:
-            sql = "SELECT key FROM records WHERE type = ?"
-            keys = frozenset(str(key) for (key,) in _query(conn, sql, (RecordType.VEHICLE.value,)))
-            cached = self._vehicle_cache = (version, keys)
-        return cached[1]
+        view = self._view_cache
+        if view is not None and view.version == version:
+            return view
+        sql = "SELECT key FROM records WHERE type = ?"
+        vehicles = frozenset(str(key) for (key,) in _query(conn, sql, (RecordType.VEHICLE.value,)))
+        index = self._open_index(conn, None if view is None else view.index)
+        unindexed: frozenset[str] = frozenset()
+        if index is not None:
+            unindexed = frozenset(str(epc) for (epc,) in _query(conn, _UNINDEXED_SELECT))
+        self._view_cache = _View(version, vehicles, index, unindexed)
+        return self._view_cache
+
+    def _open_index(self, conn: sqlite3.Connection, open_now: ItemIndex | None) -> ItemIndex | None:
+        built = _query(conn, "SELECT token FROM item_index")
+        token = str(built[0][0]) if built else None
+        if open_now is not None:
+            if open_now.token == token:
+                return open_now
+            open_now.close()
+        if token is None:
+            return None
+        try:
+            return ItemIndex.open(self.path.parent / file_name(token), token)
+        except UnusableIndexError:
+            # Deleted by an apply that committed after this snapshot began, or damaged: the
+            # database answers instead (same answers, slower) until the next change.
+            return None
 
     def enterprise(self, owner: str) -> EnterpriseRecord | None:
         record = self._get(RecordType.ENTERPRISE, owner)
@@ -606,6 +731,10 @@ def _apply(
     for rtype, upserts, deletes in _batches(bundle.changes()):
         records += len(upserts) + len(deletes)
         layout = _LAYOUTS[rtype]
+        if rtype is RecordType.ITEM and not snapshot:
+            # Whatever the index says of these items is no longer so (see _keep_index).
+            keys = deletes or [str(row[0]) for row in upserts]
+            conn.executemany(_UNINDEXED_INSERT, [(key,) for key in keys])
         if deletes:  # never in a snapshot: the parser refuses "op":"delete" there
             counts[rtype] -= _delete(conn, layout, deletes)
         elif snapshot:
@@ -651,6 +780,48 @@ def _apply(
         ),
     )
     return ApplyResult(header.kind, site, header.seq, current, records, counts)
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexChange:
+    """Index files an apply leaves behind: delete ``retired`` once committed, ``written`` if not."""
+
+    retired: Path | None
+    written: Path | None
+
+
+def _keep_index(
+    conn: sqlite3.Connection, directory: Path, *, rebuild: bool, reindex_after: int, now: datetime
+) -> _IndexChange:
+    """Build a new item index in the apply's transaction when it is due.
+
+    Due for every snapshot (everything changed), when there is no usable index (a new or
+    upgraded database, a deleted or damaged file), and when more than ``reindex_after``
+    items have changed since the last build. Otherwise the items a delta changed are
+    listed in ``items_unindexed`` (by _apply) and answered from SQLite.
+    """
+    built = _query(conn, "SELECT token FROM item_index")
+    current = directory / file_name(str(built[0][0])) if built else None
+    if not rebuild and current is not None and index_usable(current, str(built[0][0])):
+        (pending,) = _query(conn, "SELECT count(*) FROM items_unindexed")[0]
+        if _int(pending) <= reindex_after:
+            return _IndexChange(retired=None, written=None)
+    # The write transaction is held: no other process is writing an index file now, so any
+    # file but the current one is left over from an apply that failed or crashed.
+    for stray in directory.glob(f"{INDEX_PREFIX}*{INDEX_SUFFIX}"):
+        if stray != current:
+            stray.unlink(missing_ok=True)
+    written = write_index(conn, directory)
+    try:
+        conn.execute("DELETE FROM items_unindexed")
+        conn.execute(
+            "INSERT OR REPLACE INTO item_index (id, token, records, built_at) VALUES (1, ?, ?, ?)",
+            (written.token, written.records, format_timestamp(now)),
+        )
+    except BaseException:
+        written.path.unlink(missing_ok=True)
+        raise
+    return _IndexChange(retired=current, written=written.path)
 
 
 def _check_sequence(
@@ -767,16 +938,14 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
     # Read first, without the write lock: the daemon must be able to start while another
     # process spends minutes importing a large snapshot.
     version = _int(_query(conn, "PRAGMA user_version")[0][0])
-    if version == 0:
-        # IMMEDIATE, then look again: two processes opening a new file at once must not
-        # both create the schema.
+    if version in _UPGRADES:
+        # IMMEDIATE, then look again: two processes opening the file at once must not both
+        # create (or upgrade) the schema.
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = _int(_query(conn, "PRAGMA user_version")[0][0])
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+            if version in _UPGRADES:
+                _execute_script(conn, _UPGRADES[version])
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 version = SCHEMA_VERSION
             conn.execute("COMMIT")
@@ -786,6 +955,17 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
             raise
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema version {version} is not the supported {SCHEMA_VERSION}")
+
+
+# From each older schema version (0: a new file) to SCHEMA_VERSION.
+_UPGRADES = {0: _SCHEMA + _SCHEMA_2, 1: _SCHEMA_2}
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    # Statement by statement: executescript() would COMMIT the caller's transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _query(
@@ -834,18 +1014,12 @@ def _item_from_row(row: tuple[object, ...]) -> ItemRecord:
         tid,
         trace,
         gtin,
-        _json_tuple(directions),
-        _json_tuple(destinations),
+        json_tuple(directions),
+        json_tuple(destinations),
         conv,
         declare,
         valid,
     )
-
-
-@functools.lru_cache(maxsize=4096)
-def _json_tuple(text: str) -> tuple[str, ...]:
-    # The inverse of _json_array, cached for the same reason: a few distinct lists.
-    return tuple(json.loads(text))
 
 
 def _record_from_json(body: object) -> Record:

@@ -21,6 +21,7 @@ from edgegate.whitelist import admin
 from edgegate.whitelist.admin import AdminError
 from edgegate.whitelist.bundle import key_id, public_key_base64
 from edgegate.whitelist.errors import RejectReason
+from edgegate.whitelist.index import INDEX_PREFIX
 from edgegate.whitelist.records import to_json
 from edgegate.whitelist.store import DB_NAME
 
@@ -202,7 +203,9 @@ def test_a_gzip_bundle_file_is_inflated_aside_and_imported_with_progress(
     assert progress.counts[-1] == (1200, 1200)
     assert [done for done, _ in progress.counts] == sorted(done for done, _ in progress.counts)
     assert progress.finished
-    assert sorted(p.name for p in state.iterdir() if not p.name.startswith("whitelist.db")) == []
+    # The inflated copy is gone: only the database and its item index are left.
+    left = [p.name for p in state.iterdir() if not p.name.startswith("whitelist.db")]
+    assert [name.startswith(INDEX_PREFIX) for name in left] == [True]
     assert admin.verify(bundle, forge.keys).startswith("ok: snapshot")
 
 
@@ -243,6 +246,8 @@ def test_stats_reports_seq_age_and_counts_per_type_and_status(tmp_path: Path, fo
     assert "bonded=1" in text
     assert "seized=2" in text
     assert "snapshot" in text
+    assert "item index  3 items in whitelist.items-" in text
+    assert "0 changed since" in text
 
 
 def test_stats_without_a_whitelist_is_an_admin_error(tmp_path: Path) -> None:

@@ -1,0 +1,343 @@
+"""The item index beside the whitelist database: same answers as SQLite, whatever happened."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgegate.gate.model import ItemRecord
+from edgegate.whitelist import store as store_module
+from edgegate.whitelist.bundle import VerifiedBundle
+from edgegate.whitelist.errors import BundleError
+from edgegate.whitelist.index import (
+    INDEX_PREFIX,
+    ItemIndex,
+    UnusableIndexError,
+    file_name,
+)
+from edgegate.whitelist.records import parse_record
+from edgegate.whitelist.store import DB_NAME, WhitelistStore
+
+from .support import EPC, SITE, Forge, epc, item
+
+NOW = datetime(2026, 11, 25, 8, 5, tzinfo=UTC)
+FORGE = Forge(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[WhitelistStore]:
+    with WhitelistStore.open(tmp_path, reindex_after=3) as opened:
+        yield opened
+
+
+def apply(store: WhitelistStore, bundle: VerifiedBundle) -> None:
+    store.apply(bundle, site=SITE, sha256=hashlib.sha256(bundle.data).hexdigest(), now=NOW)
+
+
+def as_record(fields: Mapping[str, object]) -> ItemRecord:
+    record = parse_record(dict(fields), delta=False)
+    assert isinstance(record, ItemRecord)
+    return record
+
+
+def index_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.glob(f"{INDEX_PREFIX}*"))
+
+
+def the_index(store: WhitelistStore) -> ItemIndex:
+    """The current index file, opened on its own: what it answers without the database."""
+    state = store.index_state()
+    assert state.file is not None
+    assert state.usable
+    token = state.file.removeprefix(INDEX_PREFIX).removesuffix(".idx")
+    return ItemIndex.open(store.path.parent / state.file, token)
+
+
+def from_index(store: WhitelistStore, epcs: list[str]) -> dict[str, ItemRecord]:
+    index = the_index(store)
+    found: dict[str, ItemRecord] = {}
+    try:
+        index.lookup(epcs, found)
+    finally:
+        index.close()
+    return found
+
+
+VARIED = [
+    item(epc(1)),
+    item(epc(2), tid=None, trace_code=None, sku=None, gtin=None, owner=None, destinations=[]),
+    item(epc(3), status="seized", directions=["out"], conversion_ref="CV-1", valid_until=None),
+    item(epc(4), destinations=["DFS-1", "DFS-2"], declare_by="2026-12-01T00:00:00Z"),
+    item(epc(5), sku='SKU with spaces, 中文 and "quotes"', owner="O\\1"),
+]
+
+
+def test_a_snapshot_builds_an_index_that_answers_every_item_as_stored(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot(VARIED))
+
+    state = store.index_state()
+    assert (state.records, state.unindexed, state.usable) == (5, 0, True)
+    expected = {str(fields["epc"]): as_record(fields) for fields in VARIED}
+    assert from_index(store, [*expected, epc(99)]) == expected
+    assert store.lookup_items([*expected, epc(99)]) == expected
+
+
+def test_fields_holding_a_separator_or_a_newline_are_found_through_an_escaped_record(
+    store: WhitelistStore,
+) -> None:
+    awkward = [
+        item(epc(1), owner="A\x1fB"),
+        item(epc(2), sku="line one\nline two", trace_code="\x1f\n\x1e"),
+        item(epc(3), destinations=["D\x1f1", "D\n2"]),
+        item(epc(4)),
+    ]
+    apply(store, FORGE.snapshot(awkward))
+
+    expected = {str(fields["epc"]): as_record(fields) for fields in awkward}
+    assert from_index(store, list(expected)) == expected
+
+
+def test_an_epc_holding_a_separator_or_a_newline_finds_nothing(store: WhitelistStore) -> None:
+    apply(store, FORGE.snapshot([item(epc(1)), item(epc(2))]))
+
+    # Such a probe could otherwise match the end of one record and the start of the next.
+    spanning = f"{epc(1)}\x1f\n{epc(2)}"
+    assert from_index(store, [spanning, "\x1f", "\n", ""]) == {}
+    assert store.lookup_items([spanning]) == {}
+
+
+def test_items_a_delta_changes_are_answered_from_the_database(store: WhitelistStore) -> None:
+    apply(store, FORGE.snapshot([item(EPC), item(epc(1)), item(epc(2))]))
+    built = store.index_state().file
+    apply(
+        store,
+        FORGE.delta(
+            [
+                {"op": "upsert", **item(epc(1), status="seized")},
+                {"op": "delete", "type": "item", "epc": epc(2)},
+            ],
+            seq=2,
+        ),
+    )
+
+    state = store.index_state()
+    assert (state.file, state.unindexed) == (built, 2)
+    # The file still holds the old items: the database must be what answers for them.
+    stale = from_index(store, [epc(1), epc(2)])
+    assert (stale[epc(1)].status, epc(2) in stale) == ("bonded", True)
+    found = store.lookup_items([EPC, epc(1), epc(2)])
+    assert sorted(found) == sorted([EPC, epc(1)])
+    assert found[epc(1)].status == "seized"
+
+
+def test_more_changes_than_reindex_after_build_a_new_index_and_retire_the_old_file(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    first = index_files(store.path.parent)
+    apply(
+        store, FORGE.delta([{"op": "upsert", **item(epc(n), status="seized")} for n in range(3)], 2)
+    )
+    assert index_files(store.path.parent) == first  # three changes: not yet
+    apply(store, FORGE.delta([{"op": "delete", "type": "item", "epc": epc(9)}], seq=3))
+
+    state = store.index_state()
+    assert (state.records, state.unindexed) == (9, 0)
+    assert index_files(store.path.parent) == [state.file] != first
+    found = from_index(store, [epc(n) for n in range(10)])
+    assert sorted(found) == [epc(n) for n in range(9)]
+    assert [found[epc(n)].status for n in range(4)] == ["seized"] * 3 + ["bonded"]
+
+
+def test_a_refused_apply_leaves_the_index_and_its_files_as_they_were(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(5)]))
+    before = (store.index_state(), index_files(store.path.parent))
+    late_fault = FORGE.body([item(epc(n)) for n in range(5, 600)], seq=2, count=1)
+
+    with pytest.raises(BundleError):
+        apply(store, FORGE.verify(FORGE.sign(late_fault)))
+
+    assert (store.index_state(), index_files(store.path.parent)) == before
+
+
+def test_a_missing_index_file_costs_speed_not_answers_and_the_next_apply_rebuilds_it(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path) as first:
+        apply(first, FORGE.snapshot([item(epc(1)), item(epc(2), status="seized")]))
+        lost = first.index_state().file
+    assert lost is not None
+    (tmp_path / lost).unlink()
+
+    with WhitelistStore.open(tmp_path) as store:
+        state = store.index_state()
+        assert (state.file, state.usable) == (lost, False)
+        found = store.lookup_items([epc(1), epc(2)])
+        assert (found[epc(1)].status, found[epc(2)].status) == ("bonded", "seized")
+
+        apply(store, FORGE.delta([{"op": "upsert", **item(epc(3))}], seq=2))
+
+        state = store.index_state()
+        assert state.usable
+        assert state.file != lost
+        assert state.unindexed == 0
+        assert sorted(from_index(store, [epc(1), epc(2), epc(3)])) == [epc(1), epc(2), epc(3)]
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated", "another build", "not an index", "bad offsets", "empty"]
+)
+def test_a_damaged_index_file_is_refused_and_lookups_read_the_database(
+    tmp_path: Path, damage: str
+) -> None:
+    with WhitelistStore.open(tmp_path) as store:
+        apply(store, FORGE.snapshot([item(epc(1)), item(epc(2))]))
+        name = store.index_state().file
+    assert name is not None
+    path = tmp_path / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        del data[-1]
+    elif damage == "another build":
+        data[8] ^= 0xFF  # the token
+    elif damage == "not an index":
+        data[0:8] = b"SQLite f"
+    elif damage == "bad offsets":
+        data[-8:] = (len(data)).to_bytes(8, "little")
+    else:
+        data.clear()
+    path.write_bytes(bytes(data))
+
+    token = name.removeprefix(INDEX_PREFIX).removesuffix(".idx")
+    with pytest.raises(UnusableIndexError, match=name):
+        ItemIndex.open(path, token)
+    with WhitelistStore.open(tmp_path) as store:
+        assert sorted(store.lookup_items([epc(1), epc(2), epc(3)])) == [epc(1), epc(2)]
+        assert store.index_state().usable is (damage == "bad offsets")
+
+
+def test_files_left_by_an_apply_that_died_are_removed_by_the_next_build(
+    store: WhitelistStore,
+) -> None:
+    stray = store.path.parent / file_name("0" * 32)
+    stray.write_bytes(b"half written")
+
+    apply(store, FORGE.snapshot([item(epc(1))]))
+
+    assert index_files(store.path.parent) == [store.index_state().file]
+
+
+def test_a_schema_1_database_is_upgraded_and_indexed_by_its_next_apply(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        # Schema 1 exactly as it was shipped: the tables without the index's bookkeeping.
+        conn.executescript(store_module._SCHEMA)
+        conn.execute(
+            "INSERT INTO items (epc, status, directions, destinations) "
+            "VALUES (?, 'bonded', '[\"in\", \"out\"]', '[]')",
+            (epc(1),),
+        )
+        conn.execute(
+            "INSERT INTO meta VALUES (1, ?, 1, '2026-11-25T08:00:00Z', '2026-11-25T08:01:00Z')",
+            (SITE,),
+        )
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+    with WhitelistStore.open(tmp_path) as store:
+        assert store.index_state().file is None
+        assert sorted(store.lookup_items([epc(1), epc(2)])) == [epc(1)]
+
+        apply(store, FORGE.delta([{"op": "upsert", **item(epc(2))}], seq=2))
+
+        assert store.index_state().records == 2
+        assert sorted(from_index(store, [epc(1), epc(2)])) == [epc(1), epc(2)]
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    conn.close()
+
+
+def test_another_process_s_snapshot_moves_an_open_store_to_the_new_index(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path) as daemon:
+        apply(daemon, FORGE.snapshot([item(epc(1))]))
+        assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(1)]
+
+        with WhitelistStore.open(tmp_path) as cli:
+            apply(cli, FORGE.snapshot([item(epc(2), status="seized")], seq=2))
+
+        # The daemon's old file is gone; it reads the new one without reopening.
+        assert len(index_files(tmp_path)) == 1
+        found = daemon.lookup_items([epc(1), epc(2)])
+        assert sorted(found) == [epc(2)]
+        assert found[epc(2)].status == "seized"
+
+
+# -- the index and the database never disagree ------------------------------------------------
+
+_EPCS = [epc(n) for n in range(12)]
+_TEXT = st.text(st.sampled_from('ab\x1f\n\x1e\\"中 '), min_size=1, max_size=6)
+_ITEMS = st.builds(
+    lambda key, status, owner, sku, destinations: item(
+        key, status=status, owner=owner, sku=sku, destinations=destinations
+    ),
+    st.sampled_from(_EPCS),
+    st.sampled_from(["bonded", "released", "seized", "duty_free"]),
+    st.none() | _TEXT,
+    st.none() | _TEXT,
+    st.lists(_TEXT, max_size=2),
+)
+_CHANGE = st.one_of(
+    _ITEMS.map(lambda fields: {"op": "upsert", **fields}),
+    st.sampled_from(_EPCS).map(lambda key: {"op": "delete", "type": "item", "epc": key}),
+)
+_BUNDLES = st.lists(
+    st.one_of(
+        st.tuples(st.just("snapshot"), st.lists(_ITEMS, max_size=8)),
+        st.tuples(st.just("delta"), st.lists(_CHANGE, min_size=1, max_size=5)),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bundles=_BUNDLES, reindex_after=st.integers(0, 6))
+def test_lookups_always_answer_what_the_bundles_applied_say(
+    tmp_path_factory: pytest.TempPathFactory,
+    bundles: list[tuple[str, list[dict[str, object]]]],
+    reindex_after: int,
+) -> None:
+    model: dict[str, ItemRecord] = {}
+    with WhitelistStore.open(tmp_path_factory.mktemp("s"), reindex_after=reindex_after) as store:
+        for seq, (kind, records) in enumerate(bundles, start=1):
+            if kind == "snapshot":
+                apply(store, FORGE.snapshot(records, seq=seq))
+                model = {str(fields["epc"]): as_record(fields) for fields in records}
+            elif store.state().seq is not None:
+                apply(store, FORGE.delta(records, seq=seq))
+                for change in records:
+                    key = str(change["epc"])
+                    if change["op"] == "delete":
+                        model.pop(key, None)
+                    else:
+                        model[key] = as_record({k: v for k, v in change.items() if k != "op"})
+            assert store.lookup_items(_EPCS) == model
+            state = store.index_state()
+            if state.file is not None:
+                assert state.usable
+                assert state.unindexed <= reindex_after
