@@ -14,14 +14,14 @@ average) and one ``bytes.find``; the fields every item of one SKU shares are dec
 Layout (integers little-endian):
 - header, ``HEADER_BYTES``: magic, the token naming this build (the database records it, so a
   stray or stale file is never mistaken for the current one), bucket count B, record count,
-  data length;
+  data length, offset width (4 bytes while the data is under 4 GiB, else 8);
 - data: a newline, then the records bucket by bucket. A record is the twelve item fields in
   ``FIELDS`` order joined by 0x1F, ending in a newline; None is the empty field (the record
   parser refuses empty strings for every optional field, so the two cannot be confused).
   An item with a 0x1F or a newline in a field is written as its EPC, 0x1F, 0x1E and the
-  other eleven fields as a JSON array (JSON escapes both);
-- bucket offsets: B + 1 unsigned 64-bit offsets into data; bucket ``b`` runs from offset
-  ``b`` to offset ``b + 1`` and holds the items whose EPC hashes to it (``bucket_of``).
+  other eleven fields, in the table's column order, as a JSON array (JSON escapes both);
+- bucket offsets: B + 1 unsigned offsets into data; bucket ``b`` runs from offset ``b`` to
+  offset ``b + 1`` and holds the items whose EPC hashes to it (``bucket_of``).
 
 Invariants:
 - a file is written once and never changed; a rebuild is a new file with a new token;
@@ -40,18 +40,25 @@ import sqlite3
 import struct
 import sys
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from edgegate.gate.model import ItemRecord
+from edgegate.whitelist.records import ITEM_ROW_FIELDS
 
 MAGIC = b"EGITEMS1"
-HEADER = struct.Struct("<8s16sQQQ")
+HEADER = struct.Struct("<8s16sQQQB")
+# Offset width in bytes → array typecode ('I' and 'Q' are 4 and 8 bytes wherever CPython
+# runs on Linux; open() refuses a width this build cannot hold).
+_OFFSET_TYPES = {4: "I", 8: "Q"}
+NARROW_OFFSETS_BELOW = 1 << 32  # data length up to which offsets take 4 bytes
 HEADER_BYTES = 64
-# Records per bucket on average: a bucket is read whole for every key, so it should be small;
-# every bucket costs 8 bytes of memory (20 MB at 10M items with 4).
-RECORDS_PER_BUCKET = 4
+# Records per bucket on average: a bucket is read whole for every key, so it should be small
+# (measured at 10M items: 2 reads ~350 bytes a key and is ~8 % faster than 4); every bucket
+# costs 4 bytes of memory (20 MB at 10M items).
+RECORDS_PER_BUCKET = 2
 INDEX_PREFIX = "whitelist.items-"
 INDEX_SUFFIX = ".idx"
 # The items table's columns in the order a record holds them: the per-item fields first, then
@@ -152,11 +159,14 @@ def write_index(
                 current += 1
                 offsets[current] = position
             offsets[0] = 1
+            width = 4 if position < NARROW_OFFSETS_BELOW else 8
+            stored = offsets if width == 8 else array.array(_OFFSET_TYPES[width], offsets)
             if sys.byteorder != "little":
-                offsets.byteswap()
-            out.write(offsets.tobytes())
+                stored.byteswap()
+            out.write(stored.tobytes())
             out.seek(0)
-            out.write(HEADER.pack(MAGIC, bytes.fromhex(token), buckets, records, position))
+            header = HEADER.pack(MAGIC, bytes.fromhex(token), buckets, records, position, width)
+            out.write(header)
             out.flush()
             os.fsync(out.fileno())
         _sync_directory(directory)
@@ -170,7 +180,7 @@ def write_index(
 
 def _escaped(conn: sqlite3.Connection, epc: str) -> str:
     """The record of an item whose fields hold a separator or a newline (see the layout)."""
-    sql = f"SELECT {', '.join(FIELDS[1:])} FROM items WHERE epc = ?"
+    sql = f"SELECT {', '.join(ITEM_ROW_FIELDS[1:])} FROM items WHERE epc = ?"
     (row,) = conn.execute(sql, (epc,)).fetchall()
     return epc + SEP + _ESCAPED + json.dumps(list(row), ensure_ascii=False)
 
@@ -203,19 +213,21 @@ def index_usable(path: Path, token: str) -> bool:
     return True
 
 
-def _checked_header(fd: int, path: Path, token: str) -> tuple[int, int, int]:
-    """(buckets, records, data length) from the header, checked against the file."""
+def _checked_header(fd: int, path: Path, token: str) -> tuple[int, int, int, int]:
+    """(buckets, records, data length, offset width) from the header, checked."""
     header = os.pread(fd, HEADER.size, 0)
     if len(header) != HEADER.size:
         raise UnusableIndexError(f"{path}: shorter than its header")
-    magic, raw_token, buckets, records, data_len = HEADER.unpack(header)
+    magic, raw_token, buckets, records, data_len, width = HEADER.unpack(header)
     if magic != MAGIC:
         raise UnusableIndexError(f"{path}: not an item index")
     if raw_token.hex() != token:
         raise UnusableIndexError(f"{path}: another build than the one recorded")
-    if buckets < 1 or os.fstat(fd).st_size != HEADER_BYTES + data_len + 8 * (buckets + 1):
+    if width not in _OFFSET_TYPES or array.array(_OFFSET_TYPES[width]).itemsize != width:
+        raise UnusableIndexError(f"{path}: offsets of {width} bytes")
+    if buckets < 1 or os.fstat(fd).st_size != HEADER_BYTES + data_len + width * (buckets + 1):
         raise UnusableIndexError(f"{path}: truncated or damaged")
-    return int(buckets), int(records), int(data_len)
+    return int(buckets), int(records), int(data_len), int(width)
 
 
 class ItemIndex:
@@ -237,9 +249,9 @@ class ItemIndex:
         except OSError as exc:
             raise UnusableIndexError(f"{path}: {exc.strerror}") from None
         try:
-            buckets, records, data_len = _checked_header(fd, path, token)
-            offsets = array.array("Q")
-            offsets.frombytes(os.pread(fd, 8 * (buckets + 1), HEADER_BYTES + data_len))
+            buckets, records, data_len, width = _checked_header(fd, path, token)
+            offsets = array.array(_OFFSET_TYPES[width])
+            offsets.frombytes(os.pread(fd, width * (buckets + 1), HEADER_BYTES + data_len))
             if sys.byteorder != "little":
                 offsets.byteswap()
             if offsets[0] != 1 or offsets[-1] != data_len:
@@ -283,9 +295,34 @@ class ItemIndex:
 
 
 def _unescaped(epc: str, line: str) -> ItemRecord:
-    fields = json.loads(line[len(epc) + 2 :])
-    (tid, trace_code, sku, status, owner, gtin, directions, destinations, conv, declare, valid) = (
-        fields
+    return item_from_db_row((epc, *json.loads(line[len(epc) + 2 :])))
+
+
+# An items row as SQLite returns it, in ITEM_ROW_FIELDS order (lists as JSON text).
+_ItemDbRow = tuple[
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    str | None,
+]
+
+
+def item_from_db_row(row: Sequence[object]) -> ItemRecord:
+    """An ``items`` row (ITEM_ROW_FIELDS order, NULL as None, lists as JSON) as a record.
+
+    The lookup path of items the index does not hold: one unpack, positional arguments in
+    ItemRecord's field order (a test pins that order), the two lists from a cache.
+    """
+    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = (
+        cast(_ItemDbRow, tuple(row))
     )
     return ItemRecord(
         epc,
@@ -293,7 +330,7 @@ def _unescaped(epc: str, line: str) -> ItemRecord:
         status,
         owner,
         tid,
-        trace_code,
+        trace,
         gtin,
         json_tuple(directions),
         json_tuple(destinations),

@@ -71,7 +71,7 @@ from edgegate.whitelist.index import (
     UnusableIndexError,
     file_name,
     index_usable,
-    json_tuple,
+    item_from_db_row,
     write_index,
 )
 from edgegate.whitelist.records import (
@@ -578,7 +578,7 @@ class WhitelistStore:
                 wanted = elsewhere
             for chunk in _chunks(sorted(wanted)):
                 rows = _query(conn, _item_select(len(chunk)), chunk)
-                found.update((str(row[0]), _item_from_row(row)) for row in rows)
+                found.update((str(row[0]), item_from_db_row(row)) for row in rows)
         return found
 
     def item(self, epc: str) -> ItemRecord | None:
@@ -981,45 +981,6 @@ def _chunks(keys: list[str]) -> Iterator[list[str]]:
 
 def _item_select(keys: int) -> str:
     return f"SELECT {_ITEM_COLUMNS} FROM items WHERE {_LAYOUTS[RecordType.ITEM].where(keys)}"
-
-
-# An items row as SQLite returns it (TEXT columns, NULL where None; lists as JSON text).
-_ItemDbRow = tuple[
-    str,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str,
-    str,
-    str,
-    str | None,
-    str | None,
-    str | None,
-]
-
-
-def _item_from_row(row: tuple[object, ...]) -> ItemRecord:
-    # The hot path of every passage's lookup: one unpack, positional arguments in
-    # ItemRecord's field order (a test pins that order), the two lists from a cache.
-    epc, tid, trace, sku, gtin, owner, status, directions, destinations, conv, declare, valid = (
-        cast(_ItemDbRow, row)
-    )
-    return ItemRecord(
-        epc,
-        sku,
-        status,
-        owner,
-        tid,
-        trace,
-        gtin,
-        json_tuple(directions),
-        json_tuple(destinations),
-        conv,
-        declare,
-        valid,
-    )
 
 
 def _record_from_json(body: object) -> Record:

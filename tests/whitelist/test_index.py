@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgegate.gate.model import ItemRecord
+from edgegate.whitelist import index as index_module
 from edgegate.whitelist import store as store_module
 from edgegate.whitelist.bundle import VerifiedBundle
 from edgegate.whitelist.errors import BundleError
@@ -90,6 +91,18 @@ def test_a_snapshot_builds_an_index_that_answers_every_item_as_stored(
     expected = {str(fields["epc"]): as_record(fields) for fields in VARIED}
     assert from_index(store, [*expected, epc(99)]) == expected
     assert store.lookup_items([*expected, epc(99)]) == expected
+
+
+def test_an_index_of_more_than_4_gib_of_data_has_8_byte_offsets(
+    store: WhitelistStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "NARROW_OFFSETS_BELOW", 0)  # as if it were that big
+    apply(store, FORGE.snapshot(VARIED))
+
+    expected = {str(fields["epc"]): as_record(fields) for fields in VARIED}
+    assert from_index(store, [*expected, epc(99)]) == expected
+    path = store.path.parent / str(store.index_state().file)
+    assert path.read_bytes()[index_module.HEADER.size - 1] == 8
 
 
 def test_fields_holding_a_separator_or_a_newline_are_found_through_an_escaped_record(
@@ -215,7 +228,7 @@ def test_a_damaged_index_file_is_refused_and_lookups_read_the_database(
     elif damage == "not an index":
         data[0:8] = b"SQLite f"
     elif damage == "bad offsets":
-        data[-8:] = (len(data)).to_bytes(8, "little")
+        data[-4:] = (len(data)).to_bytes(4, "little")
     else:
         data.clear()
     path.write_bytes(bytes(data))
