@@ -187,9 +187,10 @@ def import_bundle(
             progress.done()
     previous = "none" if result.previous_seq is None else str(result.previous_seq)
     counts = " ".join(f"{rtype}={result.counts[rtype]}" for rtype in RecordType)
+    rebuilt = "; item index rebuilt" if result.index_built else ""
     return (
         f"applied {result.kind} seq {result.seq} for site {result.site} "
-        f"(was {previous}; {result.records} records): {counts}"
+        f"(was {previous}; {result.records} records): {counts}{rebuilt}"
     )
 
 

@@ -49,6 +49,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sqlite3
@@ -230,6 +231,7 @@ class ApplyResult:
     previous_seq: int | None
     records: int
     counts: dict[RecordType, int]
+    index_built: bool = False  # this apply wrote a new item index (see _keep_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,6 +475,7 @@ class WhitelistStore:
                     now=now,
                 )
                 conn.execute("COMMIT")
+                result = dataclasses.replace(result, index_built=change.written is not None)
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                     conn.execute("ROLLBACK")

@@ -217,6 +217,7 @@ class WhitelistSync:
             previous_seq=result.previous_seq,
             records=result.records,
             counts={str(rtype): n for rtype, n in result.counts.items()},
+            index_built=result.index_built,
         )
 
     async def _refused(self, error: BundleError, size: int, sha256: str) -> None:

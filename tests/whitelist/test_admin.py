@@ -199,6 +199,7 @@ def test_a_gzip_bundle_file_is_inflated_aside_and_imported_with_progress(
     message = admin.import_bundle(bundle, forge.keys, SITE, state, progress=progress)
 
     assert "applied snapshot seq 3" in message
+    assert message.endswith("item index rebuilt")
     assert "item=1200" in message
     assert progress.counts[-1] == (1200, 1200)
     assert [done for done, _ in progress.counts] == sorted(done for done, _ in progress.counts)

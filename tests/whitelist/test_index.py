@@ -39,8 +39,10 @@ def store(tmp_path: Path) -> Iterator[WhitelistStore]:
         yield opened
 
 
-def apply(store: WhitelistStore, bundle: VerifiedBundle) -> None:
-    store.apply(bundle, site=SITE, sha256=hashlib.sha256(bundle.data).hexdigest(), now=NOW)
+def apply(store: WhitelistStore, bundle: VerifiedBundle) -> bool:
+    """Apply ``bundle``; whether that wrote a new item index."""
+    digest = hashlib.sha256(bundle.data).hexdigest()
+    return store.apply(bundle, site=SITE, sha256=digest, now=NOW).index_built
 
 
 def as_record(fields: Mapping[str, object]) -> ItemRecord:
@@ -156,13 +158,12 @@ def test_items_a_delta_changes_are_answered_from_the_database(store: WhitelistSt
 def test_more_changes_than_reindex_after_build_a_new_index_and_retire_the_old_file(
     store: WhitelistStore,
 ) -> None:
-    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    assert apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
     first = index_files(store.path.parent)
-    apply(
-        store, FORGE.delta([{"op": "upsert", **item(epc(n), status="seized")} for n in range(3)], 2)
-    )
+    seized = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(3)]
+    assert not apply(store, FORGE.delta(seized, seq=2))
     assert index_files(store.path.parent) == first  # three changes: not yet
-    apply(store, FORGE.delta([{"op": "delete", "type": "item", "epc": epc(9)}], seq=3))
+    assert apply(store, FORGE.delta([{"op": "delete", "type": "item", "epc": epc(9)}], seq=3))
 
     state = store.index_state()
     assert (state.records, state.unindexed) == (9, 0)
