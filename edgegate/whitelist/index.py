@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import array
 import functools
+import itertools
 import json
 import os
 import secrets
 import sqlite3
 import struct
 import sys
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,12 @@ HEADER = struct.Struct("<8s16sQQQB")
 # Offset width in bytes → array typecode ('I' and 'Q' are 4 and 8 bytes wherever CPython
 # runs on Linux; open() refuses a width this build cannot hold).
 _OFFSET_TYPES = {4: "I", 8: "Q"}
+# Writing an index gives way to other threads every so many rows. Its thread releases the
+# GIL around every SQLite step and takes it straight back, so a lookup thread, which wants
+# the GIL back after every pread, waits out a whole switch interval each time (the convoy
+# effect): measured during a 10M-item rebuild with lookups running, p99 77 ms per 1,000-tag
+# lookup without this, 13.6 ms with it, for ~10 % more build time.
+_YIELD_EVERY = 256
 NARROW_OFFSETS_BELOW = 1 << 32  # data length up to which offsets take 4 bytes
 HEADER_BYTES = 64
 # Records per bucket on average: a bucket is read whole for every key, so it should be small
@@ -127,7 +135,7 @@ def write_index(
     conn.create_function(
         _BUCKET_FUNCTION,
         1,
-        functools.partial(_bucket_of_text, buckets=buckets),
+        functools.partial(_bucket_of_text, buckets=buckets, rows=itertools.count()),
         deterministic=True,
     )
     line = f" || char({ord(SEP)}) || ".join(f"ifnull({column}, '')" for column in FIELDS)
@@ -142,6 +150,8 @@ def write_index(
             current = 0
             pending: list[bytes] = []
             for bucket, text in conn.execute(sql):
+                if records % _YIELD_EVERY == 0:
+                    time.sleep(0)
                 if text.count(SEP) != len(FIELDS) - 1 or "\n" in text:
                     text = _escaped(conn, text.partition(SEP)[0])
                 while current < bucket:
@@ -185,7 +195,9 @@ def _escaped(conn: sqlite3.Connection, epc: str) -> str:
     return epc + SEP + _ESCAPED + json.dumps(list(row), ensure_ascii=False)
 
 
-def _bucket_of_text(epc: str, *, buckets: int) -> int:
+def _bucket_of_text(epc: str, *, buckets: int, rows: itertools.count[int]) -> int:
+    if next(rows) % _YIELD_EVERY == 0:
+        time.sleep(0)
     return bucket_of(probe_of(epc), buckets)
 
 
