@@ -139,6 +139,13 @@ def cmd_whitelist_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whitelist_reindex(args: argparse.Namespace) -> int:
+    from edgegate.whitelist import admin
+
+    print(admin.reindex(_config(args).storage.state_dir))
+    return 0
+
+
 def cmd_whitelist_show(args: argparse.Namespace) -> int:
     from edgegate.whitelist import admin
 
@@ -239,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         wl,
     )
     stats.add_argument("--config", help=config_help)
+
+    reindex = command(
+        "reindex",
+        cmd_whitelist_reindex,
+        "rebuild the item index from the store (after an upgrade, or to fold in many deltas)",
+        wl,
+    )
+    reindex.add_argument("--config", help=config_help)
     return parser
 
 

@@ -209,6 +209,19 @@ def show(epc: str, state_dir: Path) -> str | None:
     return None if item is None else json.dumps(to_json(item), indent=2, ensure_ascii=False)
 
 
+def reindex(state_dir: Path) -> str:
+    """``whitelist reindex``: write a new item index of the items as they stand."""
+    if not (state_dir / DB_NAME).exists():
+        raise AdminError(f"{state_dir / DB_NAME}: no whitelist yet (import a bundle first)")
+    started = time.monotonic()
+    try:
+        with WhitelistStore.open(state_dir, bulk=True) as store:
+            index = store.reindex(now=datetime.now(UTC))
+    except StoreError as exc:
+        raise AdminError(str(exc)) from None
+    return f"item index rebuilt in {time.monotonic() - started:.1f} s: {_index_line(index)}"
+
+
 def stats(config: WhitelistConfig, state_dir: Path) -> str:
     """``whitelist stats``: what is loaded, how old it is, and counts per type and status."""
     if not (state_dir / DB_NAME).exists():
@@ -257,9 +270,12 @@ def _index_line(index: IndexState) -> str:
             f"{index.file} is MISSING or DAMAGED: lookups read the database until the next "
             "apply rebuilds it"
         )
-    built = "-" if index.built_at is None else format_timestamp(index.built_at)
+    built = (
+        "-" if index.built_at is None else format_timestamp(index.built_at.replace(microsecond=0))
+    )
+    items = "item" if index.records == 1 else "items"
     return (
-        f"{index.records:,} items in {index.file}, built {built}; "
+        f"{index.records:,} {items} in {index.file}, built {built}; "
         f"{index.unindexed:,} changed since (read from the database)"
     )
 

@@ -8,20 +8,33 @@ asked about, is recorded there (see store.py).
 Why a file of our own: a passage looks up a thousand EPCs scattered over millions of items.
 SQLite finds each in its clustered B-tree at ~6 µs of C time (measured at 10M items: a leaf
 page through its pager, text-key comparisons at every level) and then builds twelve Python
-objects per row. Here a key costs one ``pread`` of its hash bucket (four records, ~0.7 KB on
-average) and one ``bytes.find``; the fields every item of one SKU shares are decoded once.
+objects per row. Here a key costs one ``pread`` of its hash bucket (two records, ~150 bytes
+on average) and one ``bytes.find``; the nine fields the items of one SKU, owner and status
+share are stored once in the file and decoded once per process.
 
 Layout (integers little-endian):
 - header, ``HEADER_BYTES``: magic, the token naming this build (the database records it, so a
-  stray or stale file is never mistaken for the current one), bucket count B, record count,
-  data length, offset width (4 bytes while the data is under 4 GiB, else 8);
-- data: a newline, then the records bucket by bucket. A record is the twelve item fields in
-  ``FIELDS`` order joined by 0x1F, ending in a newline; None is the empty field (the record
-  parser refuses empty strings for every optional field, so the two cannot be confused).
-  An item with a 0x1F or a newline in a field is written as its EPC, 0x1F, 0x1E and the
-  other eleven fields, in the table's column order, as a JSON array (JSON escapes both);
-- bucket offsets: B + 1 unsigned offsets into data; bucket ``b`` runs from offset ``b`` to
-  offset ``b + 1`` and holds the items whose EPC hashes to it (``bucket_of``).
+  stray or stale file is never mistaken for the current one), group count G, record count,
+  data length, shared-part count and length, offset width (4 bytes while the data is under
+  4 GiB, else 8);
+- data: a newline, then the records bucket by bucket, each ending in a newline. A record is
+  ``epc tid trace_code ref`` joined by 0x1F, where ``ref`` is the decimal number of its
+  shared part; None is the empty field (the record parser refuses empty strings for every
+  optional field, so the two cannot be confused). Once the shared parts are
+  ``SHARED_PARTS_MAX`` or ``SHARED_BYTES_MAX``, a record holds its nine shared fields
+  itself (twelve fields). An item with a 0x1F or a newline in a field is written as its
+  EPC, 0x1F, 0x1E and the other eleven fields, in the table's column order, as a JSON
+  array (JSON escapes both);
+- shared parts: the nine fields after ``trace_code`` (``FIELDS`` order) joined by 0x1F, one
+  a line, numbered from 0 in file order;
+- bucket offsets: 16·G + 1 unsigned offsets into data; bucket ``b`` runs from offset ``b``
+  to offset ``b + 1`` and holds the items whose EPC hashes to it (``bucket_of``).
+
+Buckets come in groups of ``GROUP_BUCKETS``: an EPC's group is a hash of all but its last
+character, its bucket in the group that character's hex value turned by the same hash. So
+the sixteen EPCs that differ only in their last character (consecutive serial numbers: a
+pallet) fill one group's buckets evenly and sit within a few hundred bytes of each other,
+and a lookup reads all the wanted buckets of a group in one ``pread``.
 
 Invariants:
 - a file is written once and never changed; a rebuild is a new file with a new token;
@@ -50,8 +63,10 @@ from typing import cast
 from edgegate.gate.model import ItemRecord
 from edgegate.whitelist.records import ITEM_ROW_FIELDS
 
-MAGIC = b"EGITEMS1"
-HEADER = struct.Struct("<8s16sQQQB")
+MAGIC = b"EGITEMS2"  # EGITEMS1 files (no shared parts, no groups) are refused, then rebuilt
+# magic, token, groups, records, data length, shared parts, shared length, offset width
+HEADER = struct.Struct("<8s16sQQQQQB")
+HEADER_BYTES = 128
 # Offset width in bytes → array typecode ('I' and 'Q' are 4 and 8 bytes wherever CPython
 # runs on Linux; open() refuses a width this build cannot hold).
 _OFFSET_TYPES = {4: "I", 8: "Q"}
@@ -62,15 +77,19 @@ _OFFSET_TYPES = {4: "I", 8: "Q"}
 # lookup without this, 13.6 ms with it, for ~10 % more build time.
 _YIELD_EVERY = 256
 NARROW_OFFSETS_BELOW = 1 << 32  # data length up to which offsets take 4 bytes
-HEADER_BYTES = 64
-# Records per bucket on average: a bucket is read whole for every key, so it should be small
-# (measured at 10M items: 2 reads ~350 bytes a key and is ~8 % faster than 4); every bucket
-# costs 4 bytes of memory (20 MB at 10M items).
+# Records per bucket on average: a bucket is read whole for every key, so it should be small;
+# every bucket costs 4 bytes of memory (20 MB at 10M items).
 RECORDS_PER_BUCKET = 2
+GROUP_BUCKETS = 16  # one bucket for each value of an EPC's last (hex) character
+# Shared parts kept in the table (each is decoded once and kept for the life of the file,
+# a few hundred bytes): 10M generated items have 12,000; past the limits, records carry
+# their shared fields themselves, which costs space and ~0.4 µs a key, never an answer.
+SHARED_PARTS_MAX = 1 << 16
+SHARED_BYTES_MAX = 16 << 20
 INDEX_PREFIX = "whitelist.items-"
 INDEX_SUFFIX = ".idx"
 # The items table's columns in the order a record holds them: the per-item fields first, then
-# the ones the items of one SKU, owner and status share, decoded once for all of them.
+# the ones the items of one SKU, owner and status share.
 FIELDS = (
     "epc",
     "tid",
@@ -88,9 +107,29 @@ FIELDS = (
 SEP = "\x1f"
 _ESCAPED = "\x1e"  # after the EPC's separator: the rest of the record is a JSON array
 _BUCKET_FUNCTION = "edgegate_item_bucket"
-# Decoded shared parts kept: enough for every SKU × status × owner × dates combination a
-# passage meets; each entry is a few hundred bytes.
+# Shared parts decoded from records that carry them (the table was full): enough for every
+# SKU × status × owner × dates combination a passage meets.
 _SHARED_CACHE = 16_384
+# An EPC's bucket within its group: its last character's hex value (other characters: their
+# low four bits), see bucket_of.
+_SLOT = bytes(
+    int(chr(code), 16) if chr(code) in "0123456789ABCDEFabcdef" else code & 15
+    for code in range(256)
+)
+
+# The nine shared fields decoded, in ItemRecord's order: sku, status, owner, gtin,
+# directions, destinations, conversion_ref, declare_by, valid_until.
+_Shared = tuple[
+    str | None,
+    str,
+    str | None,
+    str | None,
+    tuple[str, ...],
+    tuple[str, ...],
+    str | None,
+    str | None,
+    str | None,
+]
 
 
 class UnusableIndexError(Exception):
@@ -111,13 +150,19 @@ def file_name(token: str) -> str:
 
 
 def probe_of(epc: str) -> bytes:
-    """What an item's record starts with in the data, and what its bucket is hashed from."""
+    """What an item's record starts with in the data."""
     return ("\n" + epc + SEP).encode()
 
 
-def bucket_of(probe: bytes, buckets: int) -> int:
-    """The bucket holding a record: CRC-32 spreads neighbouring serial numbers apart."""
-    return (zlib.crc32(probe) * buckets) >> 32
+def bucket_of(probe: bytes, groups: int) -> int:
+    """The bucket holding the record that starts with ``probe``.
+
+    The group is the CRC-32 of the EPC without its last character (it spreads neighbouring
+    serial numbers' groups apart); the bucket within it is that character's value plus the
+    same hash, so EPCs that all end alike still spread over the group's buckets.
+    """
+    crc = zlib.crc32(probe[:-2])
+    return (((crc * groups) >> 32) << 4) | ((crc + _SLOT[probe[-2]]) & 15)
 
 
 def write_index(
@@ -129,18 +174,21 @@ def write_index(
     table's size); this only streams them out. Removes its file again if anything fails.
     """
     (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
-    buckets = max(1, int(count) // per_bucket)
+    groups = max(1, -(-int(count) // (per_bucket * GROUP_BUCKETS)))
+    buckets = groups * GROUP_BUCKETS
     token = secrets.token_hex(16)
     path = directory / file_name(token)
     conn.create_function(
         _BUCKET_FUNCTION,
         1,
-        functools.partial(_bucket_of_text, buckets=buckets, rows=itertools.count()),
+        functools.partial(_bucket_of_text, groups=groups, rows=itertools.count()),
         deterministic=True,
     )
     line = f" || char({ord(SEP)}) || ".join(f"ifnull({column}, '')" for column in FIELDS)
     sql = f"SELECT {_BUCKET_FUNCTION}(epc), {line} FROM items ORDER BY 1"
     offsets = array.array("Q", bytes(8 * (buckets + 1)))
+    shared: dict[str, str] = {}  # shared part → its number, as text
+    shared_bytes = 0
     records = 0
     try:
         with open(path, "wb") as out:
@@ -154,6 +202,16 @@ def write_index(
                     time.sleep(0)
                 if text.count(SEP) != len(FIELDS) - 1 or "\n" in text:
                     text = _escaped(conn, text.partition(SEP)[0])
+                else:
+                    epc, tid, trace_code, part = text.split(SEP, 3)
+                    ref = shared.get(part)
+                    if ref is None and len(shared) < SHARED_PARTS_MAX:
+                        size = len(part.encode()) + 1
+                        if shared_bytes + size <= SHARED_BYTES_MAX:
+                            ref = shared[part] = str(len(shared))
+                            shared_bytes += size
+                    if ref is not None:
+                        text = f"{epc}{SEP}{tid}{SEP}{trace_code}{SEP}{ref}"
                 while current < bucket:
                     current += 1
                     offsets[current] = position
@@ -169,14 +227,25 @@ def write_index(
                 current += 1
                 offsets[current] = position
             offsets[0] = 1
+            out.write("".join(f"{part}\n" for part in shared).encode())
             width = 4 if position < NARROW_OFFSETS_BELOW else 8
             stored = offsets if width == 8 else array.array(_OFFSET_TYPES[width], offsets)
             if sys.byteorder != "little":
                 stored.byteswap()
             out.write(stored.tobytes())
             out.seek(0)
-            header = HEADER.pack(MAGIC, bytes.fromhex(token), buckets, records, position, width)
-            out.write(header)
+            out.write(
+                HEADER.pack(
+                    MAGIC,
+                    bytes.fromhex(token),
+                    groups,
+                    records,
+                    position,
+                    len(shared),
+                    shared_bytes,
+                    width,
+                )
+            )
             out.flush()
             os.fsync(out.fileno())
         _sync_directory(directory)
@@ -195,10 +264,10 @@ def _escaped(conn: sqlite3.Connection, epc: str) -> str:
     return epc + SEP + _ESCAPED + json.dumps(list(row), ensure_ascii=False)
 
 
-def _bucket_of_text(epc: str, *, buckets: int, rows: itertools.count[int]) -> int:
+def _bucket_of_text(epc: str, *, groups: int, rows: itertools.count[int]) -> int:
     if next(rows) % _YIELD_EVERY == 0:
         time.sleep(0)
-    return bucket_of(probe_of(epc), buckets)
+    return bucket_of(probe_of(epc), groups)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -225,33 +294,58 @@ def index_usable(path: Path, token: str) -> bool:
     return True
 
 
-def _checked_header(fd: int, path: Path, token: str) -> tuple[int, int, int, int]:
-    """(buckets, records, data length, offset width) from the header, checked."""
-    header = os.pread(fd, HEADER.size, 0)
-    if len(header) != HEADER.size:
+@dataclass(frozen=True, slots=True)
+class _Header:
+    groups: int
+    records: int
+    data_len: int
+    shared_parts: int
+    shared_len: int
+    width: int
+
+
+def _checked_header(fd: int, path: Path, token: str) -> _Header:
+    """The header, checked against ``token`` and the file's size."""
+    raw = os.pread(fd, HEADER.size, 0)
+    if len(raw) != HEADER.size:
         raise UnusableIndexError(f"{path}: shorter than its header")
-    magic, raw_token, buckets, records, data_len, width = HEADER.unpack(header)
+    magic, raw_token, groups, records, data_len, shared_parts, shared_len, width = HEADER.unpack(
+        raw
+    )
     if magic != MAGIC:
-        raise UnusableIndexError(f"{path}: not an item index")
+        raise UnusableIndexError(f"{path}: not an item index of this version")
     if raw_token.hex() != token:
         raise UnusableIndexError(f"{path}: another build than the one recorded")
     if width not in _OFFSET_TYPES or array.array(_OFFSET_TYPES[width]).itemsize != width:
         raise UnusableIndexError(f"{path}: offsets of {width} bytes")
-    if buckets < 1 or os.fstat(fd).st_size != HEADER_BYTES + data_len + width * (buckets + 1):
+    size = HEADER_BYTES + data_len + shared_len + width * (groups * GROUP_BUCKETS + 1)
+    if groups < 1 or os.fstat(fd).st_size != size:
         raise UnusableIndexError(f"{path}: truncated or damaged")
-    return int(buckets), int(records), int(data_len), int(width)
+    return _Header(groups, records, data_len, shared_parts, shared_len, width)
 
 
 class ItemIndex:
     """An open index file. Lookups are positional reads: safe from any thread, any number."""
 
-    def __init__(self, path: Path, fd: int, token: str, records: int, offsets: array.array[int]):
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        token: str,
+        records: int,
+        offsets: array.array[int],
+        shared: list[str],
+    ):
         self.path = path
         self.token = token
         self.records = records
         self._fd = fd
         self._offsets = offsets
-        self._buckets = len(offsets) - 1
+        self._groups = (len(offsets) - 1) // GROUP_BUCKETS
+        self._shared = shared
+        # Shared parts decoded so far, by number as the records spell it. Only ever grows to
+        # the table's size; a dict's item assignment is atomic, so threads may share it.
+        self._decoded: dict[str, _Shared] = {}
 
     @classmethod
     def open(cls, path: Path, token: str) -> ItemIndex:
@@ -261,17 +355,25 @@ class ItemIndex:
         except OSError as exc:
             raise UnusableIndexError(f"{path}: {exc.strerror}") from None
         try:
-            buckets, records, data_len, width = _checked_header(fd, path, token)
-            offsets = array.array(_OFFSET_TYPES[width])
-            offsets.frombytes(os.pread(fd, width * (buckets + 1), HEADER_BYTES + data_len))
+            header = _checked_header(fd, path, token)
+            at = HEADER_BYTES + header.data_len
+            try:
+                shared = os.pread(fd, header.shared_len, at).decode().split("\n")
+            except UnicodeDecodeError:
+                raise UnusableIndexError(f"{path}: shared parts damaged") from None
+            if len(shared) != header.shared_parts + 1 or shared.pop() != "":
+                raise UnusableIndexError(f"{path}: shared parts damaged")
+            offsets = array.array(_OFFSET_TYPES[header.width])
+            count = header.groups * GROUP_BUCKETS + 1
+            offsets.frombytes(os.pread(fd, header.width * count, at + header.shared_len))
             if sys.byteorder != "little":
                 offsets.byteswap()
-            if offsets[0] != 1 or offsets[-1] != data_len:
+            if offsets[0] != 1 or offsets[-1] != header.data_len:
                 raise UnusableIndexError(f"{path}: bucket offsets damaged")
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, token, records, offsets)
+        return cls(path, fd, token, header.records, offsets, shared)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -279,36 +381,90 @@ class ItemIndex:
     def lookup(self, epcs: Iterable[str], found: dict[str, ItemRecord]) -> None:
         """Add the items among ``epcs`` to ``found``; an EPC not there is not in the index.
 
-        The hot loop of every passage: one read of the key's bucket, one search in it, and
-        the record's shared part from a cache. Buckets are read in file order (measured ~5 %
-        faster than in key order: the kernel walks neighbouring page-cache nodes). Locals
-        are bound once and probe_of, bucket_of and ItemRecord._make are written out inline,
-        for the same reason.
+        The hot loop of every passage: one read of the wanted buckets of each group, one
+        search for each key, and its shared part from the decoded ones. Keys are taken in
+        file order (measured ~5 % faster than in key order: the kernel walks neighbouring
+        page-cache nodes). Locals are bound once and probe_of, bucket_of and
+        ItemRecord._make are written out inline, for the same reason.
         """
-        fd, offsets, buckets = self._fd, self._offsets, self._buckets
-        pread, crc32, new, shared = os.pread, zlib.crc32, tuple.__new__, _shared_fields
+        fd, offsets, groups, decoded = self._fd, self._offsets, self._groups, self._decoded
+        pread, crc32, slot, new = os.pread, zlib.crc32, _SLOT, tuple.__new__
         base = HEADER_BYTES - 1  # a bucket is read with the newline before it
         wanted: list[tuple[int, bytes, str]] = []
         for epc in epcs:
             if SEP in epc or "\n" in epc:
                 continue  # never a key (EPCs are hex); a search must not span records
             probe = ("\n" + epc + SEP).encode()
-            wanted.append(((crc32(probe) * buckets) >> 32, probe, epc))
+            crc = crc32(probe[:-2])
+            bucket = (((crc * groups) >> 32) << 4) | ((crc + slot[probe[-2]]) & 15)
+            wanted.append((bucket, probe, epc))
         wanted.sort()
+        last_wanted = {bucket >> 4: bucket for bucket, _, _ in wanted}  # in each group
+        group = start = -1
+        span = b""
         for bucket, probe, epc in wanted:
-            start = offsets[bucket]
-            span = pread(fd, offsets[bucket + 1] - start + 1, base + start)
-            at = span.find(probe)
+            if bucket >> 4 != group:
+                group = bucket >> 4
+                start = offsets[bucket]
+                span = pread(fd, offsets[last_wanted[group] + 1] - start + 1, base + start)
+            # Only the key's bucket is searched (span[0] is the newline before ``start``).
+            at = span.find(probe, offsets[bucket] - start, offsets[bucket + 1] - start)
             if at < 0:
                 continue
             line = span[at + 1 : span.index(b"\n", at + 1)].decode()
             try:
-                _, tid, trace_code, rest = line.split(SEP, 3)
-            except ValueError:  # fewer fields: an escaped record
-                found[epc] = _unescaped(epc, line)
+                _, tid, trace_code, ref = line.split(SEP)
+                sku, status, owner, gtin, directions, destinations, conversion, declare, valid = (
+                    decoded[ref]
+                )
+            except (ValueError, KeyError):
+                found[epc] = self._record(epc, line)
                 continue
-            head, tail = shared(rest)
-            found[epc] = new(ItemRecord, (epc, *head, tid or None, trace_code or None, *tail))
+            found[epc] = new(
+                ItemRecord,
+                (
+                    epc,
+                    sku,
+                    status,
+                    owner,
+                    tid or None,
+                    trace_code or None,
+                    gtin,
+                    directions,
+                    destinations,
+                    conversion,
+                    declare,
+                    valid,
+                ),
+            )
+
+    def _record(self, epc: str, line: str) -> ItemRecord:
+        """The item of a record off the fast path: a shared part not decoded yet, one the
+        record carries itself, or an escaped record."""
+        fields = line.split(SEP)
+        if len(fields) == 2:
+            return _unescaped(epc, line)
+        if len(fields) == 4:
+            part = self._decoded.get(fields[3])
+            if part is None:
+                part = self._decoded[fields[3]] = _decoded_shared(self._shared[int(fields[3])])
+        else:
+            part = _shared_fields(line.split(SEP, 3)[3])
+        sku, status, owner, gtin, directions, destinations, conversion, declare, valid = part
+        return ItemRecord(
+            epc,
+            sku,
+            status,
+            owner,
+            fields[1] or None,
+            fields[2] or None,
+            gtin,
+            directions,
+            destinations,
+            conversion,
+            declare,
+            valid,
+        )
 
 
 def _unescaped(epc: str, line: str) -> ItemRecord:
@@ -357,15 +513,15 @@ def item_from_db_row(row: Sequence[object]) -> ItemRecord:
     )
 
 
-@functools.lru_cache(maxsize=_SHARED_CACHE)
-def _shared_fields(
-    text: str,
-) -> tuple[tuple[str | None, str, str | None], tuple[object, ...]]:
-    """The fields after ``trace_code``, in ItemRecord's order around ``tid``/``trace_code``."""
+def _decoded_shared(text: str) -> _Shared:
+    """A shared part (the nine fields after ``trace_code``) in ItemRecord's order."""
     sku, status, owner, gtin, directions, destinations, conv, declare_by, valid_until = text.split(
         SEP
     )
-    return (sku or None, status, owner or None), (
+    return (
+        sku or None,
+        status,
+        owner or None,
         gtin or None,
         json_tuple(directions),
         json_tuple(destinations),
@@ -373,6 +529,10 @@ def _shared_fields(
         declare_by or None,
         valid_until or None,
     )
+
+
+# The same for records that carry their shared part (the table was full), from a cache.
+_shared_fields = functools.lru_cache(maxsize=_SHARED_CACHE)(_decoded_shared)
 
 
 @functools.lru_cache(maxsize=4096)

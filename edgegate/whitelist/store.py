@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import cast
+from typing import TypeVar, cast
 
 from edgegate.gate.model import ItemRecord
 from edgegate.whitelist.bundle import BundleKind, VerifiedBundle
@@ -101,6 +101,7 @@ SCHEMA_VERSION = 2
 # enough that per-statement overhead vanishes on multi-million-row snapshots.
 BATCH = 500
 BUSY_TIMEOUT_S = 10.0
+_Result = TypeVar("_Result")
 # Items changed since the item index was built are answered from SQLite; past this many, the
 # apply that adds them builds a new index (each one listed costs the daemon ~100 bytes).
 REINDEX_AFTER = 100_000
@@ -459,23 +460,53 @@ class WhitelistStore:
         is the wall-clock time of the apply. ``progress``, if given, is called with the
         number of records applied so far after every batch (from the applying thread).
         """
+        result, built = self._write(
+            "apply a bundle to",
+            lambda conn: _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress),
+            rebuild=lambda applied: applied.kind is BundleKind.SNAPSHOT,
+            now=now,
+        )
+        return dataclasses.replace(result, index_built=built)
+
+    def reindex(self, *, now: datetime) -> IndexState:
+        """Write a new item index of the items as they stand (``whitelist reindex``).
+
+        For an index missing, damaged or of an older format (after an upgrade), or to fold
+        the items changed since the last build into the file now rather than at the apply
+        that passes ``reindex_after``. Lookups go on meanwhile, from the index they have.
+        """
+        self._write("reindex", lambda conn: None, rebuild=lambda _: True, now=now)
+        return self.index_state()
+
+    def _write(
+        self,
+        doing: str,
+        body: Callable[[sqlite3.Connection], _Result],
+        *,
+        rebuild: Callable[[_Result], bool],
+        now: datetime,
+    ) -> tuple[_Result, bool]:
+        """Run ``body`` in one write transaction that also keeps the item index (see
+        _keep_index; ``rebuild`` says whether what ``body`` did calls for a new one).
+
+        Returns what ``body`` returned and whether a new index was written.
+        """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        with self._write_lock, self._sqlite_errors("apply a bundle to"):
+        with self._write_lock, self._sqlite_errors(doing):
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             change = _IndexChange(retired=None, written=None)
             try:
-                result = _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress)
+                result = body(conn)
                 change = _keep_index(
                     conn,
                     self.path.parent,
-                    rebuild=result.kind is BundleKind.SNAPSHOT,
+                    rebuild=rebuild(result),
                     reindex_after=self._reindex_after,
                     now=now,
                 )
                 conn.execute("COMMIT")
-                result = dataclasses.replace(result, index_built=change.written is not None)
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
                     conn.execute("ROLLBACK")
@@ -490,7 +521,7 @@ class WhitelistStore:
             if change.retired is not None:
                 # Readers that still have it open keep reading it until they see the commit.
                 change.retired.unlink(missing_ok=True)
-            return result
+            return result, change.written is not None
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database and truncate it (after a bulk import).

@@ -256,6 +256,12 @@ def test_stats_without_a_whitelist_is_an_admin_error(tmp_path: Path) -> None:
         admin.stats(WhitelistConfig(), tmp_path)
 
 
+def test_reindex_without_a_whitelist_is_an_admin_error(tmp_path: Path) -> None:
+    with pytest.raises(AdminError, match="no whitelist yet"):
+        admin.reindex(tmp_path)
+    assert not (tmp_path / "whitelist.db").exists()
+
+
 def test_the_cli_imports_with_progress_and_prints_stats(tmp_path: Path, forge: Forge) -> None:
     config = tmp_path / "gate.toml"
     config.write_text(
@@ -282,3 +288,11 @@ def test_the_cli_imports_with_progress_and_prints_stats(tmp_path: Path, forge: F
     assert stats.returncode == 0, stats.stderr
     assert "seq         4" in stats.stdout
     assert edgegate("import", str(bundle)).returncode == 1  # the same again: a duplicate
+    before = sorted((tmp_path / "state").glob(f"{INDEX_PREFIX}*"))
+    reindexed = edgegate("reindex")
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert reindexed.stdout.startswith("item index rebuilt in ")
+    after = sorted((tmp_path / "state").glob(f"{INDEX_PREFIX}*"))
+    assert len(after) == 1
+    assert after != before  # a new build, the old file gone
+    assert f": 1 item in {after[0].name}, built " in reindexed.stdout

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,10 +21,13 @@ from edgegate.whitelist import store as store_module
 from edgegate.whitelist.bundle import VerifiedBundle
 from edgegate.whitelist.errors import BundleError
 from edgegate.whitelist.index import (
+    GROUP_BUCKETS,
     INDEX_PREFIX,
     ItemIndex,
     UnusableIndexError,
+    bucket_of,
     file_name,
+    probe_of,
 )
 from edgegate.whitelist.records import parse_record
 from edgegate.whitelist.store import DB_NAME, WhitelistStore
@@ -120,6 +125,63 @@ def test_fields_holding_a_separator_or_a_newline_are_found_through_an_escaped_re
 
     expected = {str(fields["epc"]): as_record(fields) for fields in awkward}
     assert from_index(store, list(expected)) == expected
+
+
+@pytest.mark.parametrize("limit", ["SHARED_PARTS_MAX", "SHARED_BYTES_MAX"])
+def test_past_the_shared_parts_limits_records_carry_their_own_fields(
+    store: WhitelistStore, monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    monkeypatch.setattr(index_module, limit, 2 if limit == "SHARED_PARTS_MAX" else 300)
+    apply(store, FORGE.snapshot(VARIED))
+
+    expected = {str(fields["epc"]): as_record(fields) for fields in VARIED}
+    assert from_index(store, [*expected, epc(99)]) == expected
+    raw = (store.path.parent / str(store.index_state().file)).read_bytes()
+    header = index_module.HEADER.unpack(raw[: index_module.HEADER.size])
+    data_len, shared_parts, shared_len = header[4:7]
+    assert 1 <= shared_parts < len(VARIED)  # five items, five different shared parts
+    assert shared_len <= (300 if limit == "SHARED_BYTES_MAX" else 2_000)
+    data = raw[index_module.HEADER_BYTES : index_module.HEADER_BYTES + data_len]
+    carrying = [line for line in data.split(b"\n") if line.count(b"\x1f") == 11]
+    assert len(carrying) == len(VARIED) - shared_parts
+
+
+def test_the_sixteen_epcs_of_a_serial_run_fill_one_group_and_are_read_at_once(
+    store: WhitelistStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = [epc(0x120 + n) for n in range(16)]  # differ only in the last hex digit
+    apply(store, FORGE.snapshot([item(key) for key in [*run, *(epc(n) for n in range(600))]]))
+    groups = -(-616 // (2 * GROUP_BUCKETS))
+    buckets = {bucket_of(probe_of(key), groups) for key in run}
+    assert len(buckets) == GROUP_BUCKETS
+    assert len({bucket // GROUP_BUCKETS for bucket in buckets}) == 1
+
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counted(fd: int, length: int, offset: int) -> bytes:
+        reads.append(length)
+        return real_pread(fd, length, offset)
+
+    index = the_index(store)
+    monkeypatch.setattr(os, "pread", counted)
+    found: dict[str, ItemRecord] = {}
+    index.lookup(run, found)
+    monkeypatch.undo()
+    index.close()
+    assert sorted(found) == run
+    assert len(reads) == 1
+
+
+def test_epcs_ending_alike_still_spread_over_their_group() -> None:
+    # Serial numbers that all end in 0 (a numbering step of 16) must not share one bucket.
+    keys = [f"30740000000000{n:09X}0" for n in range(4096)]
+    per_bucket: dict[int, int] = {}
+    for key in keys:
+        bucket = bucket_of(probe_of(key), 128)
+        per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
+    assert len(per_bucket) > 128 * GROUP_BUCKETS * 0.8
+    assert max(per_bucket.values()) <= 12
 
 
 def test_an_epc_holding_a_separator_or_a_newline_finds_nothing(store: WhitelistStore) -> None:
@@ -242,6 +304,29 @@ def test_a_damaged_index_file_is_refused_and_lookups_read_the_database(
         assert store.index_state().usable is (damage == "bad offsets")
 
 
+def test_an_index_of_an_older_format_is_refused_until_reindex_writes_a_new_one(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path) as store:
+        apply(store, FORGE.snapshot([item(epc(1)), item(epc(2), status="seized")]))
+        old = store.index_state().file
+    assert old is not None
+    data = bytearray((tmp_path / old).read_bytes())
+    data[0:8] = b"EGITEMS1"  # as the previous release wrote it
+    (tmp_path / old).write_bytes(bytes(data))
+
+    with WhitelistStore.open(tmp_path) as store:
+        assert store.index_state().usable is False
+        found = store.lookup_items([epc(1), epc(2)])
+        assert (found[epc(1)].status, found[epc(2)].status) == ("bonded", "seized")
+
+        state = store.reindex(now=NOW)
+
+        assert (state.usable, state.records, state.unindexed) == (True, 2, 0)
+        assert index_files(tmp_path) == [state.file] != [old]
+        assert store.lookup_items([epc(1), epc(2)]) == found
+
+
 def test_files_left_by_an_apply_that_died_are_removed_by_the_next_build(
     store: WhitelistStore,
 ) -> None:
@@ -330,15 +415,27 @@ _BUNDLES = st.lists(
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(bundles=_BUNDLES, reindex_after=st.integers(0, 6))
+@given(
+    bundles=_BUNDLES,
+    reindex_after=st.integers(0, 6),
+    reindex_at=st.sets(st.integers(1, 6)),
+    shared_parts=st.sampled_from([0, 1, 3, index_module.SHARED_PARTS_MAX]),
+)
 def test_lookups_always_answer_what_the_bundles_applied_say(
     tmp_path_factory: pytest.TempPathFactory,
     bundles: list[tuple[str, list[dict[str, object]]]],
     reindex_after: int,
+    reindex_at: set[int],
+    shared_parts: int,
 ) -> None:
     model: dict[str, ItemRecord] = {}
-    with WhitelistStore.open(tmp_path_factory.mktemp("s"), reindex_after=reindex_after) as store:
+    with (
+        mock.patch.object(index_module, "SHARED_PARTS_MAX", shared_parts),
+        WhitelistStore.open(tmp_path_factory.mktemp("s"), reindex_after=reindex_after) as store,
+    ):
         for seq, (kind, records) in enumerate(bundles, start=1):
+            if seq in reindex_at and store.state().seq is not None:
+                store.reindex(now=NOW)
             if kind == "snapshot":
                 apply(store, FORGE.snapshot(records, seq=seq))
                 model = {str(fields["epc"]): as_record(fields) for fields in records}
