@@ -17,8 +17,9 @@ back-office simulator (realistic SKUs, owners, statuses; items exported pallet b
   the 1,000-tag lookup on a worker thread, awaited from the event loop) while a
   10,000-record delta is verified and applied through ``WhitelistSync`` — decision latency
   p99 during the delta beside the same without one; then one more delta, which takes the
-  items changed since the item index was built past the store's threshold, so that its
-  apply rebuilds the index: its time, and decision latency while it runs;
+  items changed since the item index was built past the store's threshold: the time until
+  it is in force, the time the sync then takes to rebuild the index, and decision latency
+  meanwhile;
 - start-up: ``edgegate run`` on the full store, process start to the ``daemon.ready`` log
   line, and the daemon's RSS once ready.
 
@@ -378,24 +379,35 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
     baseline = await decide_for(3.0, None)
     during: list[list[float]] = []
     apply_s: list[float] = []
+    index_build_s = 0.0
     async with asyncio.TaskGroup() as group:
         syncing = group.create_task(sync.run())
-        for bundle in bundles:
+        for n, bundle in enumerate(bundles):
             target = sync.counters.applied + 1
+            builds = sync.counters.index_builds + (1 if n == DELTAS else 0)
             done = asyncio.Event()
+            began = time.perf_counter()
 
-            async def watch(target: int = target, done: asyncio.Event = done) -> None:
+            async def watch(
+                target: int = target,
+                builds: int = builds,
+                began: float = began,
+                done: asyncio.Event = done,
+            ) -> None:
                 # Polled: the sync has no completion event to wait on (it needs none).
                 while sync.counters.applied < target and not sync.counters.rejected:  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
+                apply_s.append(time.perf_counter() - began)  # the delta is in force
+                while sync.counters.index_builds < builds:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
                 done.set()
 
-            began = time.perf_counter()
             watcher = group.create_task(watch())
             await sync.on_message("bench", bundle)
             during.append(await decide_for(None, done))
             await watcher
-            apply_s.append(time.perf_counter() - began)
+            if n == DELTAS:
+                index_build_s = time.perf_counter() - began - apply_s[-1]
         syncing.cancel()
     if quiet.rejections:
         raise SystemExit(f"delta rejected: {quiet.rejections[0]}")
@@ -415,7 +427,8 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
         "decision_p50_ms_during_delta": round(statistics.median(deltas) * 1000, 2),
         "decision_p99_ms_during_delta": round(percentile(deltas, 99) * 1000, 2),
         "decision_max_ms_during_delta": round(max(deltas) * 1000, 2),
-        "rebuild_delta_apply_s": round(apply_s[-1], 1),
+        "rebuild_delta_apply_s": round(apply_s[-1], 3),
+        "index_rebuild_s": round(index_build_s, 1),
         "decisions_during_rebuild": len(rebuild),
         "decision_p50_ms_during_rebuild": round(statistics.median(rebuild) * 1000, 2),
         "decision_p99_ms_during_rebuild": round(percentile(rebuild, 99) * 1000, 2),
@@ -548,10 +561,15 @@ def report(figures: dict[str, object]) -> None:
             f"max during {figures['decision_max_ms_during_delta']} ms",
         ),
         (
-            "delta that rebuilds the item index",
+            "delta that makes the index due",
             f"{figures['rebuild_delta_apply_s']} s",
-            f"decision p99 during it {figures['decision_p99_ms_during_rebuild']} ms, "
-            f"max {figures['decision_max_ms_during_rebuild']} ms",
+            f"in force; then the index rebuilt in {figures['index_rebuild_s']} s",
+        ),
+        (
+            "  decision p99 / max meanwhile",
+            f"{figures['decision_p99_ms_during_rebuild']} / "
+            f"{figures['decision_max_ms_during_rebuild']} ms",
+            "",
         ),
         (
             "start to ready",

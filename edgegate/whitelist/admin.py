@@ -175,6 +175,11 @@ def import_bundle(
                     now=datetime.now(UTC),
                     progress=None if progress is None else lambda n: progress.records(n, total),
                 )
+                index_note = "; item index rebuilt" if result.index_built else ""
+                if result.index_due:
+                    if progress is not None:
+                        progress.stage("building the item index")
+                    index_note = _reindex_after_import(store)
                 if progress is not None:
                     progress.stage("checkpointing")
                 store.checkpoint()
@@ -187,11 +192,23 @@ def import_bundle(
             progress.done()
     previous = "none" if result.previous_seq is None else str(result.previous_seq)
     counts = " ".join(f"{rtype}={result.counts[rtype]}" for rtype in RecordType)
-    rebuilt = "; item index rebuilt" if result.index_built else ""
     return (
         f"applied {result.kind} seq {result.seq} for site {result.site} "
-        f"(was {previous}; {result.records} records): {counts}{rebuilt}"
+        f"(was {previous}; {result.records} records): {counts}{index_note}"
     )
+
+
+def _reindex_after_import(store: WhitelistStore) -> str:
+    """Rebuild the index a delta made due; the delta stays applied if that fails."""
+    try:
+        store.reindex(now=datetime.now(UTC))
+    except (StoreError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return (
+            f"; item index NOT rebuilt ({why}): lookups read the database until the next "
+            "bundle or `edgegate whitelist reindex`"
+        )
+    return "; item index rebuilt"
 
 
 def show(epc: str, state_dir: Path) -> str | None:

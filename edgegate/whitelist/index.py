@@ -53,6 +53,7 @@ import secrets
 import sqlite3
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -136,6 +137,10 @@ class UnusableIndexError(Exception):
     """The index file is missing, of another build, or damaged: answer from the database."""
 
 
+class IndexBuildStoppedError(Exception):
+    """A build was asked to stop (the daemon is shutting down); its file is removed."""
+
+
 @dataclass(frozen=True, slots=True)
 class WrittenIndex:
     """A new index file, written and synced, not yet recorded as current."""
@@ -166,13 +171,19 @@ def bucket_of(probe: bytes, groups: int) -> int:
 
 
 def write_index(
-    conn: sqlite3.Connection, directory: Path, *, per_bucket: int = RECORDS_PER_BUCKET
+    conn: sqlite3.Connection,
+    directory: Path,
+    *,
+    per_bucket: int = RECORDS_PER_BUCKET,
+    stop: threading.Event | None = None,
 ) -> WrittenIndex:
     """Write an index of the ``items`` table as ``conn`` sees it (inside its transaction).
 
     SQLite sorts the rows by bucket (into temporary files, so memory stays flat whatever the
-    table's size); this only streams them out. Removes its file again if anything fails.
+    table's size); this only streams them out. Removes its file again if anything fails;
+    raises :class:`IndexBuildStoppedError` soon after ``stop`` is set.
     """
+    stop = stop or threading.Event()
     (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
     groups = max(1, -(-int(count) // (per_bucket * GROUP_BUCKETS)))
     buckets = groups * GROUP_BUCKETS
@@ -181,7 +192,7 @@ def write_index(
     conn.create_function(
         _BUCKET_FUNCTION,
         1,
-        functools.partial(_bucket_of_text, groups=groups, rows=itertools.count()),
+        functools.partial(_bucket_of_text, groups=groups, rows=itertools.count(), stop=stop),
         deterministic=True,
     )
     line = f" || char({ord(SEP)}) || ".join(f"ifnull({column}, '')" for column in FIELDS)
@@ -199,7 +210,7 @@ def write_index(
             pending: list[bytes] = []
             for bucket, text in conn.execute(sql):
                 if records % _YIELD_EVERY == 0:
-                    time.sleep(0)
+                    _give_way(stop)
                 if text.count(SEP) != len(FIELDS) - 1 or "\n" in text:
                     text = _escaped(conn, text.partition(SEP)[0])
                 else:
@@ -249,8 +260,11 @@ def write_index(
             out.flush()
             os.fsync(out.fileno())
         _sync_directory(directory)
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)
+        if stop.is_set() and isinstance(exc, sqlite3.Error):
+            # The bucket function stopped the sort; SQLite reports that as its own error.
+            raise IndexBuildStoppedError(f"{path}: stopped") from None
         raise
     finally:
         conn.create_function(_BUCKET_FUNCTION, 1, None)
@@ -264,10 +278,19 @@ def _escaped(conn: sqlite3.Connection, epc: str) -> str:
     return epc + SEP + _ESCAPED + json.dumps(list(row), ensure_ascii=False)
 
 
-def _bucket_of_text(epc: str, *, groups: int, rows: itertools.count[int]) -> int:
+def _bucket_of_text(
+    epc: str, *, groups: int, rows: itertools.count[int], stop: threading.Event
+) -> int:
     if next(rows) % _YIELD_EVERY == 0:
-        time.sleep(0)
+        _give_way(stop)
     return bucket_of(probe_of(epc), groups)
+
+
+def _give_way(stop: threading.Event) -> None:
+    """Let other threads have the GIL (see _YIELD_EVERY), and stop when asked to."""
+    if stop.is_set():
+        raise IndexBuildStoppedError("stopped")
+    time.sleep(0)
 
 
 def _sync_directory(directory: Path) -> None:

@@ -23,8 +23,10 @@ Layout, and why:
 - passages read items through the item index (index.py), a file of hash buckets written
   from ``items`` by the apply that needs one; ``item_index`` names the current file, and
   ``items_unindexed`` lists the items changed since it was written, which lookups read
-  from ``items`` instead. Every snapshot writes a new index (all items changed); a delta
-  only lists its items, until more than ``reindex_after`` are listed;
+  from ``items`` instead. Every snapshot writes a new index in its transaction (all items
+  changed); a delta only lists its items, and once more than ``reindex_after`` are listed
+  (or there is no usable index) its result says ``index_due``: the caller then calls
+  ``reindex``, a transaction of its own, so the delta is in force meanwhile;
 - memory: the daemon's connections keep small page caches and never map the file, so its
   RSS does not grow with the whitelist; ``open(bulk=True)`` (``whitelist import``) trades
   memory for speed.
@@ -232,7 +234,9 @@ class ApplyResult:
     previous_seq: int | None
     records: int
     counts: dict[RecordType, int]
-    index_built: bool = False  # this apply wrote a new item index (see _keep_index)
+    index_built: bool = False  # this apply wrote a new item index (every snapshot does)
+    # A delta left the item index due for a rebuild: call reindex() (see _index_due).
+    index_due: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,22 +464,32 @@ class WhitelistStore:
         is the wall-clock time of the apply. ``progress``, if given, is called with the
         number of records applied so far after every batch (from the applying thread).
         """
+
+        def applied(conn: sqlite3.Connection) -> ApplyResult:
+            result = _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress)
+            if result.kind is BundleKind.SNAPSHOT:
+                return result
+            due = _index_due(conn, self.path.parent, self._reindex_after)
+            return dataclasses.replace(result, index_due=due)
+
         result, built = self._write(
             "apply a bundle to",
-            lambda conn: _apply(conn, bundle, site=site, sha256=sha256, now=now, progress=progress),
-            rebuild=lambda applied: applied.kind is BundleKind.SNAPSHOT,
+            applied,
+            rebuild=lambda result: result.kind is BundleKind.SNAPSHOT,
             now=now,
         )
         return dataclasses.replace(result, index_built=built)
 
-    def reindex(self, *, now: datetime) -> IndexState:
-        """Write a new item index of the items as they stand (``whitelist reindex``).
+    def reindex(self, *, now: datetime, stop: threading.Event | None = None) -> IndexState:
+        """Write a new item index of the items as they stand, in a transaction of its own.
 
-        For an index missing, damaged or of an older format (after an upgrade), or to fold
-        the items changed since the last build into the file now rather than at the apply
-        that passes ``reindex_after``. Lookups go on meanwhile, from the index they have.
+        Called when an apply says ``index_due`` (after it committed, so that a delta's
+        changes count from the moment they arrive, not after a rebuild of minutes), and by
+        ``whitelist reindex`` (after an upgrade that changed the file's format). Lookups go
+        on meanwhile, from the index they have; other applies wait. Setting ``stop`` ends
+        the build early with :class:`IndexBuildStoppedError`, changing nothing.
         """
-        self._write("reindex", lambda conn: None, rebuild=lambda _: True, now=now)
+        self._write("reindex", lambda conn: None, rebuild=lambda _: True, now=now, stop=stop)
         return self.index_state()
 
     def _write(
@@ -485,9 +499,10 @@ class WhitelistStore:
         *,
         rebuild: Callable[[_Result], bool],
         now: datetime,
+        stop: threading.Event | None = None,
     ) -> tuple[_Result, bool]:
-        """Run ``body`` in one write transaction that also keeps the item index (see
-        _keep_index; ``rebuild`` says whether what ``body`` did calls for a new one).
+        """Run ``body`` in one write transaction, then a new item index in the same one if
+        ``rebuild`` says that what ``body`` did calls for it (see _build_index).
 
         Returns what ``body`` returned and whether a new index was written.
         """
@@ -499,13 +514,8 @@ class WhitelistStore:
             change = _IndexChange(retired=None, written=None)
             try:
                 result = body(conn)
-                change = _keep_index(
-                    conn,
-                    self.path.parent,
-                    rebuild=rebuild(result),
-                    reindex_after=self._reindex_after,
-                    now=now,
-                )
+                if rebuild(result):
+                    change = _build_index(conn, self.path.parent, now=now, stop=stop)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
@@ -766,7 +776,7 @@ def _apply(
         records += len(upserts) + len(deletes)
         layout = _LAYOUTS[rtype]
         if rtype is RecordType.ITEM and not snapshot:
-            # Whatever the index says of these items is no longer so (see _keep_index).
+            # Whatever the index says of these items is no longer so (see _index_due).
             keys = deletes or [str(row[0]) for row in upserts]
             conn.executemany(_UNINDEXED_INSERT, [(key,) for key in keys])
         if deletes:  # never in a snapshot: the parser refuses "op":"delete" there
@@ -824,28 +834,34 @@ class _IndexChange:
     written: Path | None
 
 
-def _keep_index(
-    conn: sqlite3.Connection, directory: Path, *, rebuild: bool, reindex_after: int, now: datetime
-) -> _IndexChange:
-    """Build a new item index in the apply's transaction when it is due.
+def _index_due(conn: sqlite3.Connection, directory: Path, reindex_after: int) -> bool:
+    """Whether the item index should be rebuilt after this delta.
 
-    Due for every snapshot (everything changed), when there is no usable index (a new or
-    upgraded database, a deleted or damaged file), and when more than ``reindex_after``
-    items have changed since the last build. Otherwise the items a delta changed are
-    listed in ``items_unindexed`` (by _apply) and answered from SQLite.
+    Due when there is no usable index (a new or upgraded database, a deleted or damaged
+    file, an older format) and when more than ``reindex_after`` items have changed since
+    the last build. Until then the items deltas change are listed in ``items_unindexed``
+    (by _apply) and answered from SQLite.
     """
     built = _query(conn, "SELECT token FROM item_index")
+    if not built or not index_usable(directory / file_name(str(built[0][0])), str(built[0][0])):
+        return True
+    (pending,) = _query(conn, "SELECT count(*) FROM items_unindexed")[0]
+    return _int(pending) > reindex_after
+
+
+def _build_index(
+    conn: sqlite3.Connection, directory: Path, *, now: datetime, stop: threading.Event | None
+) -> _IndexChange:
+    """Write a new item index of ``items`` as ``conn``'s write transaction sees it, and
+    record it as current in that transaction: every item is in it, none is listed."""
+    built = _query(conn, "SELECT token FROM item_index")
     current = directory / file_name(str(built[0][0])) if built else None
-    if not rebuild and current is not None and index_usable(current, str(built[0][0])):
-        (pending,) = _query(conn, "SELECT count(*) FROM items_unindexed")[0]
-        if _int(pending) <= reindex_after:
-            return _IndexChange(retired=None, written=None)
     # The write transaction is held: no other process is writing an index file now, so any
-    # file but the current one is left over from an apply that failed or crashed.
+    # file but the current one is left over from a build that failed or crashed.
     for stray in directory.glob(f"{INDEX_PREFIX}*{INDEX_SUFFIX}"):
         if stray != current:
             stray.unlink(missing_ok=True)
-    written = write_index(conn, directory)
+    written = write_index(conn, directory, stop=stop)
     try:
         conn.execute("DELETE FROM items_unindexed")
         conn.execute(

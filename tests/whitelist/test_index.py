@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,9 +46,13 @@ def store(tmp_path: Path) -> Iterator[WhitelistStore]:
 
 
 def apply(store: WhitelistStore, bundle: VerifiedBundle) -> bool:
-    """Apply ``bundle``; whether that wrote a new item index."""
+    """Apply ``bundle`` as the daemon's sync does, rebuilding the index when the apply says
+    it is due; whether a new item index was written."""
     digest = hashlib.sha256(bundle.data).hexdigest()
-    return store.apply(bundle, site=SITE, sha256=digest, now=NOW).index_built
+    result = store.apply(bundle, site=SITE, sha256=digest, now=NOW)
+    if result.index_due:
+        store.reindex(now=NOW)
+    return result.index_built or result.index_due
 
 
 def as_record(fields: Mapping[str, object]) -> ItemRecord:
@@ -233,6 +238,64 @@ def test_more_changes_than_reindex_after_build_a_new_index_and_retire_the_old_fi
     found = from_index(store, [epc(n) for n in range(10)])
     assert sorted(found) == [epc(n) for n in range(9)]
     assert [found[epc(n)].status for n in range(4)] == ["seized"] * 3 + ["bonded"]
+
+
+def test_a_delta_past_reindex_after_is_in_force_before_the_index_is_rebuilt(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    first = store.index_state().file
+    seized = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(5)]
+    delta = FORGE.delta(seized, seq=2)
+
+    result = store.apply(delta, site=SITE, sha256="d", now=NOW)
+
+    assert (result.index_due, result.index_built) == (True, False)
+    state = store.index_state()
+    assert (state.file, state.unindexed) == (first, 5)  # committed; the old file still current
+    assert {r.status for r in store.lookup_items([epc(n) for n in range(5)]).values()} == {"seized"}
+
+    state = store.reindex(now=NOW)
+
+    assert (state.unindexed, state.usable) == (0, True)
+    assert index_files(store.path.parent) == [state.file] != [first]
+    assert {r.status for r in from_index(store, [epc(n) for n in range(5)]).values()} == {"seized"}
+
+
+class _StopAfter(threading.Event):
+    """Asked ``checks`` times whether to stop, says no; then yes."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+
+@pytest.mark.parametrize("checks", [0, 3, 9], ids=["at once", "while sorting", "while writing"])
+def test_a_stopped_build_changes_nothing_and_leaves_no_file(
+    store: WhitelistStore, checks: int
+) -> None:
+    # 2,000 items: the build asks every 256 rows, 8 times while SQLite sorts, then while the
+    # rows are written out.
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(2000)]))
+    before = (store.index_state(), index_files(store.path.parent))
+    store.apply(
+        FORGE.delta([{"op": "upsert", **item(epc(1), status="seized")}], seq=2),
+        site=SITE,
+        sha256="d",
+        now=NOW,
+    )
+    listed = store.index_state()
+
+    with pytest.raises(index_module.IndexBuildStoppedError):
+        store.reindex(now=NOW, stop=_StopAfter(checks))
+
+    assert store.index_state() == listed
+    assert (listed.file, index_files(store.path.parent)) == (before[0].file, before[1])
+    assert store.item(epc(1)).status == "seized"  # type: ignore[union-attr]
 
 
 def test_a_refused_apply_leaves_the_index_and_its_files_as_they_were(

@@ -389,6 +389,32 @@ async def test_decisions_go_on_while_a_delta_is_being_applied(
         assert store.item(epc(5)).status == "seized"  # type: ignore[union-attr]
 
 
+async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index_is_rebuilt(
+    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge
+) -> None:
+    store = WhitelistStore.open(tmp_path / "state", reindex_after=10)
+    store.apply(
+        forge.snapshot([item(epc(n)) for n in range(40)], seq=1),
+        site=SITE,
+        sha256="s",
+        now=datetime.now(UTC),
+    )
+    first = store.index_state().file
+    changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(15)]
+
+    trusted = [public_key_base64(forge.private)]
+    async with running_gate(tmp_path, broker, topics, trusted, store) as gate:
+        await gate.published(forge.sign(forge.body(changes, kind="delta", seq=2)))
+        await gate.wait_for(lambda: gate.sync.counters.index_builds == 1)
+
+        state = store.index_state()
+        assert (state.usable, state.records, state.unindexed) == (True, 40, 0)
+        assert state.file != first
+        assert gate.sync.counters.applied == 1
+        found = store.lookup_items([epc(n) for n in range(20)])
+        assert [found[epc(n)].status for n in range(14, 16)] == ["seized", "bonded"]
+
+
 def test_the_resync_request_payload_is_the_contract(topics: Topics) -> None:
     from edgegate.mqtt.payloads import WhitelistResync
 
