@@ -54,6 +54,7 @@ from pathlib import Path
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench import measured_at
 from bench._readers import field_epcs, reader_names
 from bench.whitelist import mib, percentile, proc_status
 from edgegate.localbroker import LocalBroker
@@ -549,7 +550,12 @@ def write_results(
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
     }
-    document: dict[str, object] = {"meta": meta, "figures": figures, "targets": targets}
+    document: dict[str, object] = {
+        "measured_at": measured_at(),
+        "meta": meta,
+        "figures": figures,
+        "targets": targets,
+    }
     if summary is not None:
         document["summary"] = summary
     path.parent.mkdir(parents=True, exist_ok=True)

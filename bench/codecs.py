@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from bench import measured_at
 from edgegate.config import R2000ReaderConfig, ThingMagicReaderConfig
 from edgegate.devices.base import DeviceSession
 from edgegate.devices.r2000 import R2000Session
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "bench": "codecs",
+                "measured_at": measured_at(),
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "line_rate_bytes_per_s": LINE_RATE_BYTES_PER_S,

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from bench import measured_at
 from edgegate.app import Daemon
 from edgegate.config import parse_config
 from edgegate.gate.model import ClosedPassage, CodeScanned, Direction, TagSummary
@@ -387,7 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
-            {"items": items, "rounds": args.rounds, "build_s": build_s, "sizes": figures},
+            {
+                "measured_at": measured_at(),
+                "items": items,
+                "rounds": args.rounds,
+                "build_s": build_s,
+                "sizes": figures,
+            },
             indent=2,
         )
         + "\n"

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from bench import measured_at
 from edgegate.localbroker import LocalBroker
 from edgegate.logs import configure_logging
 from edgegate.mqtt.asyncapi import CHANNELS
@@ -371,6 +372,7 @@ def main(argv: Sequence[str] = ()) -> None:
         json.dumps(
             {
                 "bench": "outbox",
+                "measured_at": measured_at(),
                 "python": platform.python_version(),
                 "machine": platform.machine(),
                 "payload_bytes": len(PAYLOAD),

@@ -68,6 +68,7 @@ from typing import Any, Literal
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench import measured_at
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.commands import canonical_bytes
 from edgegate.mqtt.payloads import instant
@@ -904,6 +905,7 @@ def main(argv: list[str]) -> int:
         json.dumps(
             {
                 "bench": "reliability",
+                "measured_at": measured_at(),
                 "meta": {
                     "mode": "quick" if args.quick else "full",
                     "seed": seed,

@@ -54,6 +54,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench import measured_at
+
 RESULTS = Path(__file__).parent / "results" / "whitelist.json"
 PASSAGE_TAGS = 1_000
 KNOWN_SHARE = 0.99
@@ -595,7 +597,16 @@ def report(figures: dict[str, object]) -> None:
         "machine": platform.machine(),
     }
     RESULTS.write_text(
-        json.dumps({"meta": meta, "figures": figures, "targets": TARGETS}, indent=2) + "\n"
+        json.dumps(
+            {
+                "measured_at": measured_at(),
+                "meta": meta,
+                "figures": figures,
+                "targets": TARGETS,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     print(f"wrote {RESULTS}")
 
