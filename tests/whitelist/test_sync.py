@@ -26,7 +26,7 @@ from edgegate.mqtt.topics import Topics
 from edgegate.mqtt.whitelist_link import WhitelistLink
 from edgegate.whitelist.bundle import VerifiedBundle, public_key_base64
 from edgegate.whitelist.records import RecordType
-from edgegate.whitelist.store import ApplyResult, WhitelistStore
+from edgegate.whitelist.store import ApplyResult, IndexState, WhitelistStore
 from edgegate.whitelist.sync import SyncSettings, WhitelistSync
 from simulators.backoffice import BackOffice, BackOfficeSettings
 
@@ -413,6 +413,60 @@ async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index
         assert gate.sync.counters.applied == 1
         found = store.lookup_items([epc(n) for n in range(20)])
         assert [found[epc(n)].status for n in range(14, 16)] == ["seized", "bonded"]
+
+
+class _UntilStopped(threading.Event):
+    """What the build asks "stop?": the first time, it waits to be told (a 10M-item build
+    takes minutes), inside the build's write transaction."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def is_set(self) -> bool:
+        _LongBuildStore.building.set()
+        _LongBuildStore.stopped = self.stop.wait(TIMEOUT_S)
+        return _LongBuildStore.stopped
+
+
+class _LongBuildStore(WhitelistStore):
+    building = threading.Event()
+    stopped = False
+
+    def reindex(self, *, now: datetime, stop: threading.Event | None = None) -> IndexState:
+        assert stop is not None
+        return super().reindex(now=now, stop=_UntilStopped(stop))
+
+
+async def test_a_daemon_stopping_mid_build_stops_the_build_and_keeps_the_delta(
+    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge
+) -> None:
+    seed = WhitelistStore.open(tmp_path / "state")
+    seed.apply(
+        forge.snapshot([item(epc(n)) for n in range(40)], seq=1),
+        site=SITE,
+        sha256="s",
+        now=datetime.now(UTC),
+    )
+    first = seed.index_state().file
+    seed.close()
+    store = _LongBuildStore.open(tmp_path / "state", reindex_after=10)
+    changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(15)]
+
+    trusted = [public_key_base64(forge.private)]
+    async with running_gate(tmp_path, broker, topics, trusted, store) as gate:
+        await gate.published(forge.sign(forge.body(changes, kind="delta", seq=2)))
+        assert await asyncio.to_thread(_LongBuildStore.building.wait, TIMEOUT_S)
+    # Leaving running_gate cancelled the sync, which told the build to stop; closing the
+    # store waited for that. The build removed its file; the delta stays applied.
+
+    assert _LongBuildStore.stopped
+    with WhitelistStore.open(tmp_path / "state") as reopened:
+        state = reopened.index_state()
+        assert (state.file, state.unindexed) == (first, 15)
+        assert sorted(p.name for p in (tmp_path / "state").glob("whitelist.items-*")) == [first]
+        assert reopened.state().seq == 2
+        assert reopened.item(epc(3)).status == "seized"  # type: ignore[union-attr]
 
 
 def test_the_resync_request_payload_is_the_contract(topics: Topics) -> None:
