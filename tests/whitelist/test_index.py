@@ -426,8 +426,51 @@ def test_a_schema_1_database_is_upgraded_and_indexed_by_its_next_apply(tmp_path:
         assert store.index_state().records == 2
         assert sorted(from_index(store, [epc(1), epc(2)])) == [epc(1), epc(2)]
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     conn.close()
+
+
+def test_a_schema_2_database_keeps_its_list_of_changed_items_through_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path, reindex_after=10) as store:
+        apply(store, FORGE.snapshot([item(epc(n)) for n in range(5)]))
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        # As schema 2 left it: a delta changed epc(1) and the list has no seq column.
+        conn.execute("DROP INDEX items_unindexed_by_seq")
+        conn.execute("ALTER TABLE items_unindexed DROP COLUMN listed_seq")
+        conn.execute("UPDATE items SET status = 'seized' WHERE epc = ?", (epc(1),))
+        conn.execute("INSERT INTO items_unindexed (epc) VALUES (?)", (epc(1),))
+        conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+    with WhitelistStore.open(tmp_path, reindex_after=10) as store:
+        assert store.index_state().unindexed == 1
+        assert store.item(epc(1)).status == "seized"  # type: ignore[union-attr]
+        apply(store, FORGE.delta([{"op": "upsert", **item(epc(2), status="seized")}], seq=2))
+        found = store.lookup_items([epc(n) for n in range(5)])
+        assert [found[epc(n)].status for n in range(4)] == ["bonded", "seized", "seized", "bonded"]
+        assert store.index_state().unindexed == 2
+
+
+def test_an_open_store_reads_only_what_each_delta_adds_to_the_list_and_misses_nothing(
+    store: WhitelistStore,
+) -> None:
+    with WhitelistStore.open(store.path.parent, reindex_after=100) as other_process:
+        apply(store, FORGE.snapshot([item(epc(n)) for n in range(20)]))
+        assert len(other_process.lookup_items([epc(n) for n in range(20)])) == 20
+        for seq, n in enumerate([3, 7, 3, 11], start=2):  # epc(3) listed twice
+            status = "seized" if seq % 2 == 0 else "released"
+            delta = FORGE.delta([{"op": "upsert", **item(epc(n), status=status)}], seq=seq)
+            other_process.apply(delta, site=SITE, sha256=str(seq), now=NOW)
+            assert store.item(epc(n)).status == status  # type: ignore[union-attr]
+        found = store.lookup_items([epc(n) for n in range(20)])
+        assert {n: found[epc(n)].status for n in (3, 7, 11)} == {
+            3: "seized",
+            7: "released",
+            11: "released",
+        }
+        assert store.index_state().unindexed == 3
 
 
 def test_another_process_s_snapshot_moves_an_open_store_to_the_new_index(
