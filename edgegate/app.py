@@ -67,6 +67,7 @@ from edgegate.mqtt.security import mqtt_password, tls_context
 from edgegate.mqtt.topics import Topics
 from edgegate.mqtt.whitelist_link import WhitelistLink
 from edgegate.systemd import Notifier, credential
+from edgegate.whitelist.applier import BundleApplier, ProcessApplier, ThreadApplier
 from edgegate.whitelist.facts import gather_facts
 from edgegate.whitelist.freshness import freshness
 from edgegate.whitelist.store import WhitelistState, WhitelistStore
@@ -270,6 +271,11 @@ class Daemon:
     async def _run_parts(self, outbox: AsyncOutbox, store: WhitelistStore) -> None:
         config = self._config
         link = WhitelistLink(self._alarms, outbox, self._topics)
+        applier: BundleApplier = (
+            ProcessApplier(config.storage.state_dir)
+            if config.whitelist.apply_in == "process"
+            else ThreadApplier(store)
+        )
         sync = WhitelistSync(
             store,
             SyncSettings(
@@ -279,6 +285,7 @@ class Daemon:
             ),
             alarm=link,
             resync=link,
+            applier=applier,
         )
         self._sync = sync
         self.on_reload(lambda new: sync.use_trusted_keys(new.whitelist.trusted_keys))
@@ -312,42 +319,50 @@ class Daemon:
                 Subscription(self._topics.whitelist, sync.on_message),
             ],
         )
-        async with asyncio.TaskGroup() as outer:
-            publisher_task = outer.create_task(publisher.run(), name="publisher")
-            gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
-            sync_task = outer.create_task(sync.run(), name="whitelist-sync")
-            upkeep = self._start_upkeep(outer, outbox, store, publisher)
-            watchdog_task = self._start_watchdog(outer, outbox)
-            async with asyncio.TaskGroup() as intake:
-                readers = {
-                    session.name: intake.create_task(session.run(), name=f"reader-{session.name}")
-                    for session in self._sessions
-                }
-                intake.create_task(self._track(outbox, store), name="passage-tracker")
-                control = [
-                    intake.create_task(self._report_status(outbox, store), name="service-status"),
-                    intake.create_task(
-                        self._reload_on_request(intake, readers, outbox, store), name="reloader"
-                    ),
-                ]
-                await self._stop.wait()
-                log.info("daemon.stopping")
-                self._notifier.stopping("stopping: deciding what the readers delivered")
-                for task in control:
+        try:
+            async with asyncio.TaskGroup() as outer:
+                publisher_task = outer.create_task(publisher.run(), name="publisher")
+                gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
+                sync_task = outer.create_task(sync.run(), name="whitelist-sync")
+                upkeep = self._start_upkeep(outer, outbox, store, publisher)
+                watchdog_task = self._start_watchdog(outer, outbox)
+                async with asyncio.TaskGroup() as intake:
+                    readers = {
+                        session.name: intake.create_task(
+                            session.run(), name=f"reader-{session.name}"
+                        )
+                        for session in self._sessions
+                    }
+                    intake.create_task(self._track(outbox, store), name="passage-tracker")
+                    control = [
+                        intake.create_task(
+                            self._report_status(outbox, store), name="service-status"
+                        ),
+                        intake.create_task(
+                            self._reload_on_request(intake, readers, outbox, store), name="reloader"
+                        ),
+                    ]
+                    await self._stop.wait()
+                    log.info("daemon.stopping")
+                    self._notifier.stopping("stopping: deciding what the readers delivered")
+                    for task in control:
+                        task.cancel()
+                    # Intake stops at the readers. What they delivered is still decided: the
+                    # tracker drains the queue up to the None, then closes the open passage.
+                    await _cancel_all(readers.values())
+                    self._observations.put_nowait(None)
+                self._notifier.status("stopping: publishing the outbox")
+                publisher.shutdown()
+                await publisher_task
+                gate_task.cancel()
+                sync_task.cancel()
+                for task in upkeep:
                     task.cancel()
-                # Intake stops at the readers. What they delivered is still decided: the
-                # tracker drains the queue up to the None, then closes the open passage.
-                await _cancel_all(readers.values())
-                self._observations.put_nowait(None)
-            self._notifier.status("stopping: publishing the outbox")
-            publisher.shutdown()
-            await publisher_task
-            gate_task.cancel()
-            sync_task.cancel()
-            for task in upkeep:
-                task.cancel()
-            if watchdog_task is not None:
-                watchdog_task.cancel()
+                if watchdog_task is not None:
+                    watchdog_task.cancel()
+        finally:
+            # The apply process ends with the sync: told to stop, then waited for.
+            await applier.aclose()
         log.info("daemon.stopped")
 
     def _start_upkeep(

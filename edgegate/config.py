@@ -80,6 +80,9 @@ class WhitelistConfig(_Frozen):
     # Bundles from MQTT are held in memory: larger ones (raw or inflated) are rejected as
     # oversized. Bigger snapshots go through `edgegate whitelist import`, which maps files.
     max_bundle_mib: int = Field(default=64, gt=0, le=256)
+    # Where bundles are verified and applied and the item index rebuilt (whitelist/applier.py):
+    # a child process keeps that work off the GIL the decisions' lookups need.
+    apply_in: Literal["process", "thread"] = "process"
 
     @field_validator("trusted_keys")
     @classmethod

@@ -395,6 +395,11 @@ class WhitelistStore:
         # Under the read lock: see _view.
         self._view_cache: _View | None = None
 
+    @property
+    def reindex_after(self) -> int:
+        """Items changed since the index was built past which a delta makes it due."""
+        return self._reindex_after
+
     @classmethod
     def open(
         cls, state_dir: Path, *, bulk: bool = False, reindex_after: int = REINDEX_AFTER
@@ -466,6 +471,7 @@ class WhitelistStore:
         sha256: str,
         now: datetime,
         progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> ApplyResult:
         """Apply a verified bundle for this gate's ``site`` atomically, or change nothing.
 
@@ -474,6 +480,8 @@ class WhitelistStore:
         received (kept in ``history``; it tells a redelivered bundle from a rollback); ``now``
         is the wall-clock time of the apply. ``progress``, if given, is called with the
         number of records applied so far after every batch (from the applying thread).
+        ``stop``, if set while a snapshot's item index is being written, ends the apply with
+        :class:`IndexBuildStoppedError`, changing nothing.
         """
 
         def applied(conn: sqlite3.Connection) -> ApplyResult:
@@ -488,6 +496,7 @@ class WhitelistStore:
             applied,
             rebuild=lambda result: result.kind is BundleKind.SNAPSHOT,
             now=now,
+            stop=stop,
         )
         return dataclasses.replace(result, index_built=built)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -43,7 +42,8 @@ from typing import Protocol
 
 import structlog
 
-from edgegate.whitelist.bundle import TrustedKeys, verify_bundle
+from edgegate.whitelist.applier import ApplyRequest, BundleApplier, ThreadApplier
+from edgegate.whitelist.bundle import TrustedKeys
 from edgegate.whitelist.errors import BundleError, RejectReason
 from edgegate.whitelist.store import ApplyResult, StoreError, WhitelistStore
 
@@ -108,9 +108,12 @@ class WhitelistSync:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        applier: BundleApplier | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
+        self._applier = applier or ThreadApplier(store)
+        self._trusted_keys = settings.trusted_keys
         self._keys = TrustedKeys.from_base64(settings.trusted_keys)
         self._alarm = alarm
         self._resync = resync
@@ -128,6 +131,7 @@ class WhitelistSync:
     async def use_trusted_keys(self, trusted_keys: tuple[str, ...]) -> None:
         """Trust these keys from the next bundle on (a config reload during a key rotation)."""
         self._keys = TrustedKeys.from_base64(trusted_keys)
+        self._trusted_keys = trusted_keys
 
     async def resync_now(self) -> dict[str, object]:
         """The operator's ``resync`` command: ask the back office now, whatever was asked before."""
@@ -180,7 +184,13 @@ class WhitelistSync:
         sha256 = await asyncio.to_thread(_digest, payload)  # a 64 MiB payload takes a while
         while True:
             try:
-                result = await asyncio.to_thread(self._verify_and_apply, payload, sha256)
+                request = ApplyRequest(
+                    site=self._settings.site,
+                    trusted_keys=self._trusted_keys,
+                    max_bundle_bytes=self._settings.max_bundle_bytes,
+                    now=self._wall(),
+                )
+                result = await self._applier.apply(payload, sha256, request)
             except BundleError as exc:
                 await self._refused(exc, len(payload), sha256)
                 return
@@ -210,16 +220,13 @@ class WhitelistSync:
 
         The delta is applied and in force already (its items are read from the database);
         this only brings lookups back to full speed. Minutes at 10M items: cancelling stops
-        the build within a few hundred rows, so the daemon still stops promptly. A build
-        that fails is logged and left to the next delta, which finds it still due.
+        the build within a few hundred rows (see the appliers), so the daemon still stops
+        promptly. A build that fails is logged and left to the next delta, which finds it
+        still due.
         """
-        stop = threading.Event()
         started = time.monotonic()
         try:
-            state = await asyncio.to_thread(self._store.reindex, now=self._wall(), stop=stop)
-        except asyncio.CancelledError:
-            stop.set()
-            raise
+            state = await self._applier.reindex(self._wall())
         except StoreError as exc:
             log.error("whitelist.index_failed", error=str(exc))
             return
@@ -232,12 +239,6 @@ class WhitelistSync:
             records=state.records,
             file=state.file,
             seconds=round(time.monotonic() - started, 1),
-        )
-
-    def _verify_and_apply(self, payload: bytes, sha256: str) -> ApplyResult:
-        verified = verify_bundle(payload, self._keys, max_bytes=self._settings.max_bundle_bytes)
-        return self._store.apply(
-            verified, site=self._settings.site, sha256=sha256, now=self._wall()
         )
 
     def _applied(self, result: ApplyResult) -> None:

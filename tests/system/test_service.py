@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,12 +21,14 @@ from edgegate.config import Config, load_config
 from edgegate.localbroker import LocalBroker
 from edgegate.mqtt.outbox import Outbox
 from edgegate.mqtt.topics import Topics
+from edgegate.whitelist.bundle import generate_keypair, load_private_key, sign_body
 from simulators.endpoints import PtyEndpoint
 from simulators.r2000 import R2000Simulator
 
 from .support import (
     KNOWN,
     SITE,
+    STRANGER,
     WAIT_S,
     NotifySocket,
     import_whitelist,
@@ -327,3 +330,81 @@ async def test_a_reader_removed_by_a_reload_no_longer_holds_passages(
     assert [r.name for r in reloaded[0].readers] == ["rfid-1"]
     assert after["decision"] == "pass"
     assert after["reasons"] == []
+
+
+def applier_children(pid: int) -> list[int]:
+    """The daemon's whitelist apply processes (python -m edgegate.whitelist.applier)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if b"edgegate.whitelist.applier" in cmdline:
+                found.append(int(child))
+    return found
+
+
+async def test_a_delta_over_mqtt_is_applied_in_the_apply_process_and_decides_the_next_passage(
+    tmp_path: Path, broker: LocalBroker, reader: tuple[R2000Simulator, PtyEndpoint]
+) -> None:
+    simulator, endpoint = reader
+    topics = Topics("edgegate/v1", SITE, "SYS-DELTA")
+    key = write_bundle(tmp_path / "snapshot.bundle")  # seq 3: KNOWN, not STRANGER
+    office_private, office_public = generate_keypair()
+    config = tmp_path / "edgegate.toml"
+    write_config(
+        config,
+        tmp_path / "state",
+        broker,
+        endpoint.path,
+        key,
+        gate=topics.gate_id,
+        trusted_keys=(office_public,),
+    )
+    import_whitelist(tmp_path / "snapshot.bundle", config)
+    header = {
+        "format": "edgegate.whitelist",
+        "version": 1,
+        "kind": "delta",
+        "site": SITE,
+        "seq": 4,
+        "base_seq": 3,
+        "issued_at": "2026-11-25T08:00:00Z",
+        "issuer": "system test",
+        "count": 1,
+    }
+    upsert = {
+        "op": "upsert",
+        "type": "item",
+        "epc": STRANGER,
+        "sku": "SKU-LANCOME-50ML",
+        "owner": "91460000MA5T000001",
+        "status": "bonded",
+        "directions": ["in", "out"],
+        "destinations": [],
+    }
+    body = "\n".join(json.dumps(line) for line in (header, upsert)).encode()
+    delta = sign_body(body, load_private_key(office_private))
+
+    process = await start_daemon(config)
+    try:
+        async with aiomqtt.Client(broker.host, broker.port) as office:
+            await office.subscribe(f"{topics.gate}/#", qos=1)
+            await status(office.messages, "online", topics)
+            await office.publish(topics.whitelist, delta, qos=1)
+            applied = await log_event(process, "whitelist.applied")
+            children = applier_children(process.pid)
+
+            await pass_pallet(simulator, [STRANGER])
+            decision = await next_json(office.messages, topics.decision)
+
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(WAIT_S):
+                assert await process.wait() == 0
+    finally:
+        await reap(process)
+
+    assert (applied["seq"], applied["previous_seq"]) == (4, 3)
+    assert len(children) == 1
+    assert decision["decision"] == "pass"
+    with pytest.raises(ProcessLookupError):
+        os.kill(children[0], 0)  # stopped with the daemon

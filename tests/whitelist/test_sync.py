@@ -24,6 +24,7 @@ from edgegate.mqtt.outbox import AsyncOutbox
 from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.topics import Topics
 from edgegate.mqtt.whitelist_link import WhitelistLink
+from edgegate.whitelist.applier import ProcessApplier, ThreadApplier
 from edgegate.whitelist.bundle import VerifiedBundle, public_key_base64
 from edgegate.whitelist.records import RecordType
 from edgegate.whitelist.store import ApplyResult, IndexState, WhitelistStore
@@ -90,6 +91,12 @@ def topics() -> Topics:
     return Topics(f"t{uuid.uuid4().hex[:10]}", SITE, "G01")
 
 
+@pytest.fixture(params=["thread", "process"])
+def apply_in(request: pytest.FixtureRequest) -> str:
+    """Where the gate applies bundles: both places must behave alike."""
+    return str(request.param)
+
+
 @pytest.fixture
 def office_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
@@ -123,12 +130,18 @@ async def running_gate(
     trusted: list[str],
     store: WhitelistStore | None = None,
     max_bundle: int = MAX_BUNDLE,
+    apply_in: str = "thread",
 ) -> AsyncIterator[Gate]:
     store = store or WhitelistStore.open(tmp_path / "state")
     outbox = await AsyncOutbox.open(tmp_path / "outbox.db")
     link = WhitelistLink(Alarms(outbox, topics), outbox, topics)
     settings = SyncSettings(site=SITE, trusted_keys=tuple(trusted), max_bundle_bytes=max_bundle)
-    sync = WhitelistSync(store, settings, alarm=link, resync=link)
+    applier = (
+        ProcessApplier(store.path.parent, reindex_after=store.reindex_after)
+        if apply_in == "process"
+        else ThreadApplier(store)
+    )
+    sync = WhitelistSync(store, settings, alarm=link, resync=link, applier=applier)
     watcher = Watcher()
     client_id = f"gate-{topics.prefix}"
     async with asyncio.TaskGroup() as group:
@@ -162,6 +175,7 @@ async def running_gate(
                 await gate.publisher_task
             sync_task.cancel()
             watch.cancel()
+    await applier.aclose()
     await outbox.close()
     store.close()
 
@@ -202,11 +216,16 @@ def matches_office(store: WhitelistStore, office: BackOffice) -> bool:
 
 
 async def test_a_new_gate_asks_for_the_whitelist_then_applies_deltas_in_order(
-    tmp_path: Path, broker: LocalBroker, topics: Topics, office_key: Ed25519PrivateKey
+    tmp_path: Path,
+    broker: LocalBroker,
+    topics: Topics,
+    office_key: Ed25519PrivateKey,
+    apply_in: str,
 ) -> None:
+    trusted = [public_key_base64(office_key)]
     async with (
         running_office(broker, topics, office_key) as office,
-        running_gate(tmp_path, broker, topics, [public_key_base64(office_key)]) as gate,
+        running_gate(tmp_path, broker, topics, trusted, apply_in=apply_in) as gate,
     ):
         await gate.wait_seq(1)  # the answer to its "empty" resync (or the first snapshot)
         assert gate.watcher.resyncs[0] == {"have_seq": None, "reason": "empty"}
@@ -303,7 +322,7 @@ REASONS = list(_forged(Forge(Ed25519PrivateKey.generate())))
 
 @pytest.mark.parametrize("reason", REASONS)
 async def test_each_rejection_raises_an_alarm_naming_its_reason_and_changes_nothing(
-    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge, reason: str
+    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge, reason: str, apply_in: str
 ) -> None:
     store = WhitelistStore.open(tmp_path / "state")
     store.apply(
@@ -316,7 +335,7 @@ async def test_each_rejection_raises_an_alarm_naming_its_reason_and_changes_noth
     bundle = _forged(forge)[reason]()
     trusted = [public_key_base64(forge.private)]
 
-    async with running_gate(tmp_path, broker, topics, trusted, store) as gate:
+    async with running_gate(tmp_path, broker, topics, trusted, store, apply_in=apply_in) as gate:
         await gate.published(bundle)
         await gate.wait_for(lambda: bool(gate.watcher.alarms))
 
@@ -390,7 +409,7 @@ async def test_decisions_go_on_while_a_delta_is_being_applied(
 
 
 async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index_is_rebuilt(
-    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge
+    tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge, apply_in: str
 ) -> None:
     store = WhitelistStore.open(tmp_path / "state", reindex_after=10)
     store.apply(
@@ -403,7 +422,7 @@ async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index
     changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(15)]
 
     trusted = [public_key_base64(forge.private)]
-    async with running_gate(tmp_path, broker, topics, trusted, store) as gate:
+    async with running_gate(tmp_path, broker, topics, trusted, store, apply_in=apply_in) as gate:
         await gate.published(forge.sign(forge.body(changes, kind="delta", seq=2)))
         await gate.wait_for(lambda: gate.sync.counters.index_builds == 1)
 
