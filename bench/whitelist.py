@@ -15,7 +15,8 @@ back-office simulator (realistic SKUs, owners, statuses; items exported pallet b
   are read once first, so that both are measured from the OS page cache (warm_page_cache);
 - delta under load: passages decided back to back (the whitelist work of a decision:
   the 1,000-tag lookup on a worker thread, awaited from the event loop) while a
-  10,000-record delta is verified and applied through ``WhitelistSync`` — decision latency
+  10,000-record delta is verified and applied through ``WhitelistSync`` in its apply
+  process, as the daemon does (``whitelist.apply_in = "process"``) — decision latency
   p99 during the delta beside the same without one; then one more delta, which takes the
   items changed since the item index was built past the store's threshold: the time until
   it is in force, the time the sync then takes to rebuild the index, and decision latency
@@ -342,6 +343,7 @@ def delta_bundles(key: Ed25519PrivateKey, base_seq: int, items: int) -> Iterator
 
 
 async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict[str, float]:
+    from edgegate.whitelist.applier import ProcessApplier
     from edgegate.whitelist.bundle import public_key_base64
     from edgegate.whitelist.store import WhitelistStore
     from edgegate.whitelist.sync import SyncSettings, WhitelistSync
@@ -350,11 +352,14 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
     # DELTAS deltas are listed as changed since the index; the one after them rebuilds it.
     store = WhitelistStore.open(work.state, reindex_after=DELTAS * DELTA_RECORDS)
     quiet = _Quiet()
+    # As the daemon applies by default (whitelist.apply_in = "process").
+    applier = ProcessApplier(work.state, reindex_after=DELTAS * DELTA_RECORDS)
     sync = WhitelistSync(
         store,
         SyncSettings(SITE, (public_key_base64(key),), max_bundle_bytes=64 << 20),
         alarm=quiet,
         resync=quiet,
+        applier=applier,
     )
     bundles = list(delta_bundles(key, store.state().seq or 0, items))
     # As in the lookup phase (and the daemon once ready): files read once, long-lived test
@@ -411,6 +416,9 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
             if n == DELTAS:
                 index_build_s = time.perf_counter() - began - apply_s[-1]
         syncing.cancel()
+    assert applier.pid is not None
+    apply_process_peak_kib = proc_status(applier.pid).get("VmHWM", 0)
+    await applier.aclose()
     if quiet.rejections:
         raise SystemExit(f"delta rejected: {quiet.rejections[0]}")
     after = await decide_for(3.0, None)
@@ -435,6 +443,7 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
         "decision_p50_ms_during_rebuild": round(statistics.median(rebuild) * 1000, 2),
         "decision_p99_ms_during_rebuild": round(percentile(rebuild, 99) * 1000, 2),
         "decision_max_ms_during_rebuild": round(max(rebuild) * 1000, 2),
+        "apply_process_peak_rss_mb": mib(apply_process_peak_kib),
     }
 
 
@@ -572,6 +581,11 @@ def report(figures: dict[str, object]) -> None:
             f"{figures['decision_p99_ms_during_rebuild']} / "
             f"{figures['decision_max_ms_during_rebuild']} ms",
             "",
+        ),
+        (
+            "apply process peak RSS",
+            f"{figures['apply_process_peak_rss_mb']} MiB",
+            "the daemon's child: deltas and the index rebuild",
         ),
         (
             "start to ready",
