@@ -343,7 +343,7 @@ def delta_bundles(key: Ed25519PrivateKey, base_seq: int, items: int) -> Iterator
 
 
 async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict[str, float]:
-    from edgegate.whitelist.applier import ProcessApplier
+    from edgegate.whitelist.applier import ProcessApplier, ThreadApplier
     from edgegate.whitelist.bundle import public_key_base64
     from edgegate.whitelist.store import WhitelistStore
     from edgegate.whitelist.sync import SyncSettings, WhitelistSync
@@ -353,7 +353,9 @@ async def delta_phase(work: Workdir, key: Ed25519PrivateKey, items: int) -> dict
     store = WhitelistStore.open(work.state, reindex_after=DELTAS * DELTA_RECORDS)
     quiet = _Quiet()
     # As the daemon applies by default (whitelist.apply_in = "process").
-    applier = ProcessApplier(work.state, reindex_after=DELTAS * DELTA_RECORDS)
+    applier = ProcessApplier(
+        work.state, fallback=ThreadApplier(store), reindex_after=DELTAS * DELTA_RECORDS
+    )
     sync = WhitelistSync(
         store,
         SyncSettings(SITE, (public_key_base64(key),), max_bundle_bytes=64 << 20),

@@ -272,7 +272,7 @@ class Daemon:
         config = self._config
         link = WhitelistLink(self._alarms, outbox, self._topics)
         applier: BundleApplier = (
-            ProcessApplier(config.storage.state_dir)
+            ProcessApplier(config.storage.state_dir, fallback=ThreadApplier(store))
             if config.whitelist.apply_in == "process"
             else ThreadApplier(store)
         )

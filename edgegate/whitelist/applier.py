@@ -26,8 +26,10 @@ Invariants:
 - the child never outlives the daemon: it exits at end of input, and on SIGTERM (sent when
   a request is cancelled, or by ``aclose``) stops an index build within 256 rows, rolls
   back and exits; what it was applying is either committed or not at all (SQLite);
-- a child that dies is replaced at the next request; the request it died in fails with
-  :class:`WorkerDiedError`, never with a made-up answer.
+- no bundle is lost to the child: a request it cannot take (it will not start, or dies
+  with it) is served by the fallback, a :class:`ThreadApplier` (a bundle the child had
+  committed before dying is then a silent duplicate), and the next request starts a new
+  child; after ``GIVE_UP_AFTER`` such failures in a row, the fallback serves every request.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO, Protocol
 
+import structlog
+
 from edgegate.whitelist.bundle import BundleKind, TrustedKeys, verify_bundle
 from edgegate.whitelist.errors import BundleError, RejectReason
 from edgegate.whitelist.index import IndexBuildStoppedError
@@ -62,6 +66,9 @@ from edgegate.whitelist.store import (
 
 _FRAME = struct.Struct(">II")  # JSON length, payload length
 STOP_TIMEOUT_S = 10.0  # a child told to stop gets this long before it is killed
+GIVE_UP_AFTER = 3  # requests in a row the child failed, after which it is not tried again
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +94,8 @@ class BundleApplier(Protocol):
 
 
 class WorkerDiedError(Exception):
-    """The apply process died while it had a request (killed, out of memory)."""
+    """The apply process would not start, or died while it had a request (killed, out of
+    memory): the fallback serves that request."""
 
 
 def verify_and_apply(
@@ -132,17 +140,23 @@ class ThreadApplier:
 
 
 class ProcessApplier:
-    """Applies in a child process, started at the first request and after one died."""
+    """Applies in a child process, started at the first request and after one died;
+    ``fallback`` serves what the child cannot (see the invariants)."""
 
     def __init__(
         self,
         state_dir: Path,
         *,
+        fallback: BundleApplier,
         reindex_after: int = REINDEX_AFTER,
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        python: str = sys.executable,
     ) -> None:
+        self._fallback = fallback
+        self._failures = 0  # requests in a row the child failed
+        self.fallbacks = 0  # requests the fallback served (for health and tests)
         self._command = [
-            sys.executable,
+            python,
             "-m",
             "edgegate.whitelist.applier",
             "--state-dir",
@@ -164,6 +178,11 @@ class ProcessApplier:
         """Whether a child is running (it is started again by the next request if not)."""
         return self._child is not None and self._child.returncode is None
 
+    @property
+    def gave_up(self) -> bool:
+        """Whether the child failed GIVE_UP_AFTER requests in a row: the fallback serves all."""
+        return self._failures >= GIVE_UP_AFTER
+
     async def apply(self, payload: bytes, sha256: str, request: ApplyRequest) -> ApplyResult:
         header = {
             "op": "apply",
@@ -173,12 +192,37 @@ class ProcessApplier:
             "max_bundle_bytes": request.max_bundle_bytes,
             "now": request.now.isoformat(),
         }
-        answer = await self._call(header, payload)
+        answer = await self._child_answer(header, payload)
+        if answer is None:
+            return await self._fallback.apply(payload, sha256, request)
         return _result_from_json(_unwrapped(answer, "applied"))
 
     async def reindex(self, now: datetime) -> IndexState:
-        answer = await self._call({"op": "reindex", "now": now.isoformat()})
+        answer = await self._child_answer({"op": "reindex", "now": now.isoformat()})
+        if answer is None:
+            return await self._fallback.reindex(now)
         return _index_from_json(_unwrapped(answer, "indexed"))
+
+    async def _child_answer(
+        self, header: Mapping[str, object], payload: bytes = b""
+    ) -> dict[str, object] | None:
+        """The child's answer, or None when the fallback must serve the request."""
+        if not self.gave_up:
+            try:
+                answer = await self._call(header, payload)
+            except WorkerDiedError as exc:
+                self._failures += 1
+                log.error(
+                    "whitelist.apply_process_failed",
+                    error=str(exc),
+                    failures_in_a_row=self._failures,
+                    from_now_on="in the daemon" if self.gave_up else "a new process",
+                )
+            else:
+                self._failures = 0
+                return answer
+        self.fallbacks += 1
+        return None
 
     async def aclose(self) -> None:
         """Stop the child (if any) and wait for it: SIGTERM, then SIGKILL after the timeout."""
@@ -226,12 +270,15 @@ class ProcessApplier:
             return child
         if child is not None:
             await self.aclose()
-        self._child = await asyncio.create_subprocess_exec(
-            *self._command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            # stderr inherited: the child's tracebacks go where the daemon's logs go.
-        )
+        try:
+            self._child = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                # stderr inherited: the child's tracebacks go where the daemon's logs go.
+            )
+        except OSError as exc:
+            raise WorkerDiedError(f"cannot start {self._command[0]}: {exc}") from None
         self.started += 1
         return self._child
 

@@ -14,12 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgegate.whitelist.applier import (
-    ApplyRequest,
-    ProcessApplier,
-    ThreadApplier,
-    WorkerDiedError,
-)
+from edgegate.whitelist.applier import ApplyRequest, ProcessApplier, ThreadApplier
 from edgegate.whitelist.bundle import public_key_base64
 from edgegate.whitelist.errors import BundleError, RejectReason
 from edgegate.whitelist.index import INDEX_PREFIX
@@ -34,11 +29,12 @@ NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 async def applier(tmp_path: Path) -> AsyncIterator[ProcessApplier]:
-    applier = ProcessApplier(tmp_path, reindex_after=5)
-    try:
-        yield applier
-    finally:
-        await applier.aclose()
+    with WhitelistStore.open(tmp_path, reindex_after=5) as daemon_store:
+        applier = ProcessApplier(tmp_path, fallback=ThreadApplier(daemon_store), reindex_after=5)
+        try:
+            yield applier
+        finally:
+            await applier.aclose()
 
 
 def request(forge: Forge) -> ApplyRequest:
@@ -125,7 +121,7 @@ async def test_a_child_killed_between_bundles_is_replaced_and_the_next_bundle_ap
         assert store.state().seq == 2
 
 
-async def test_a_child_that_dies_during_a_request_fails_it_and_nothing_is_made_up(
+async def test_a_bundle_whose_child_dies_during_the_apply_is_applied_by_the_fallback(
     tmp_path: Path, applier: ProcessApplier, forge: Forge
 ) -> None:
     await apply(applier, forge, signed(forge, [item(epc(1))], seq=1))
@@ -135,11 +131,33 @@ async def test_a_child_that_dies_during_a_request_fails_it_and_nothing_is_made_u
     await asyncio.sleep(0.2)
     os.kill(applier.pid, signal.SIGKILL)
 
-    with pytest.raises(WorkerDiedError, match="exited with code -9 during apply"):
-        await pending
+    result = await pending
 
+    assert result.seq == 2  # type: ignore[attr-defined]
+    assert (applier.fallbacks, applier.gave_up) == (1, False)
     with WhitelistStore.open(tmp_path) as store:
-        assert store.state().seq == 1
+        assert sorted(store.lookup_items([epc(1), epc(2)])) == [epc(2)]
+    upsert = {"op": "upsert", **item(epc(3))}
+    await apply(applier, forge, signed(forge, [upsert], kind="delta", seq=3))
+    assert (applier.started, applier.fallbacks) == (2, 1)  # a new child took the next one
+
+
+async def test_without_a_child_every_bundle_still_applies_and_after_three_failures_in_the_daemon(
+    tmp_path: Path, forge: Forge
+) -> None:
+    with WhitelistStore.open(tmp_path) as daemon_store:
+        applier = ProcessApplier(
+            tmp_path, fallback=ThreadApplier(daemon_store), python=str(tmp_path / "no-python")
+        )
+        await apply(applier, forge, signed(forge, [item(epc(0))], seq=1))
+        for seq in range(2, 6):
+            upsert = {"op": "upsert", **item(epc(seq))}
+            await apply(applier, forge, signed(forge, [upsert], kind="delta", seq=seq))
+        await applier.reindex(NOW)
+
+        assert daemon_store.state().seq == 5
+        assert daemon_store.index_state().unindexed == 0
+    assert (applier.started, applier.fallbacks, applier.gave_up) == (0, 6, True)
 
 
 async def test_a_cancelled_request_stops_the_child_which_leaves_all_or_nothing(

@@ -137,7 +137,9 @@ async def running_gate(
     link = WhitelistLink(Alarms(outbox, topics), outbox, topics)
     settings = SyncSettings(site=SITE, trusted_keys=tuple(trusted), max_bundle_bytes=max_bundle)
     applier = (
-        ProcessApplier(store.path.parent, reindex_after=store.reindex_after)
+        ProcessApplier(
+            store.path.parent, fallback=ThreadApplier(store), reindex_after=store.reindex_after
+        )
         if apply_in == "process"
         else ThreadApplier(store)
     )
