@@ -154,7 +154,7 @@ class ProcessApplier:
     ) -> None:
         self._fallback = fallback
         self._failures = 0  # requests in a row the child failed
-        self.fallbacks = 0  # requests the fallback served (for health and tests)
+        self.fallbacks = 0  # requests the fallback served
         self._command = [
             python,
             "-m",
@@ -167,7 +167,7 @@ class ProcessApplier:
         self._stop_timeout_s = stop_timeout_s
         self._child: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
-        self.started = 0  # children started so far (for health and tests)
+        self.started = 0  # children started so far
 
     @property
     def pid(self) -> int | None:
@@ -246,7 +246,8 @@ class ProcessApplier:
             assert child.stdout is not None
             data = json.dumps(header).encode()
             try:
-                child.stdin.write(_FRAME.pack(len(data), len(payload)) + data + payload)
+                child.stdin.write(_FRAME.pack(len(data), len(payload)) + data)
+                child.stdin.write(payload)  # not concatenated: a bundle may be 64 MiB
                 await child.stdin.drain()
                 raw = await _read_frame(child.stdout)
             except asyncio.CancelledError:
