@@ -324,7 +324,7 @@ class Daemon:
                 publisher_task = outer.create_task(publisher.run(), name="publisher")
                 gate_task = outer.create_task(self._gate.run(), name="gate-outputs")
                 sync_task = outer.create_task(sync.run(), name="whitelist-sync")
-                upkeep = self._start_upkeep(outer, outbox, store, publisher)
+                upkeep = self._start_upkeep(outer, outbox, store, publisher, applier)
                 watchdog_task = self._start_watchdog(outer, outbox)
                 async with asyncio.TaskGroup() as intake:
                     readers = {
@@ -371,6 +371,7 @@ class Daemon:
         outbox: AsyncOutbox,
         store: WhitelistStore,
         publisher: Publisher,
+        applier: BundleApplier,
     ) -> list[asyncio.Task[None]]:
         """Health heartbeats, reader alarms, G/reads and outbox expiry, for the whole run."""
         config = self._config
@@ -390,6 +391,7 @@ class Daemon:
                 tally=self._tally,
                 mqtt=publisher,
                 alarms=self._alarms,
+                applier=applier,
             ),
         )
         reader_alarms = ReaderAlarms(self._alarms)

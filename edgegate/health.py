@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from edgegate.devices.base import DeviceStats
 from edgegate.mqtt.alarms import AlarmKind, Severity
@@ -65,6 +65,16 @@ class WhitelistInfo(Protocol):
 
     @property
     def issued_at(self) -> datetime | None: ...
+
+
+class ApplierInfo(Protocol):
+    """Where whitelist bundles are applied (whitelist/applier.py)."""
+
+    @property
+    def applied_in(self) -> Literal["process", "thread"]: ...
+
+    @property
+    def fallbacks(self) -> int: ...
 
 
 class MqttLink(Protocol):
@@ -114,6 +124,7 @@ class HealthSources:
     tally: DecisionTally
     mqtt: MqttLink
     alarms: AlarmSink
+    applier: ApplierInfo | None = None
 
 
 class Health:
@@ -185,7 +196,7 @@ class Health:
             datetime.fromtimestamp(now_wall, UTC),
             self._settings.whitelist_max_age_s,
         )
-        tally, mqtt = sources.tally, sources.mqtt
+        tally, mqtt, applier = sources.tally, sources.mqtt, sources.applier
         return HealthPayload(
             at=instant(now_wall),
             version=self._version,
@@ -201,6 +212,8 @@ class Health:
                 seq=whitelist.seq,
                 age_s=None if fresh.age_s is None else round(fresh.age_s, 3),
                 stale=fresh.stale,
+                applied_in="thread" if applier is None else applier.applied_in,
+                apply_fallbacks=0 if applier is None else applier.fallbacks,
             ),
             passages=PassageHealth(decided=tally.decided, passed=tally.passed, held=tally.held),
             mqtt=MqttHealth(

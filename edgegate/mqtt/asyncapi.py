@@ -161,7 +161,9 @@ _HEALTH = HealthPayload(
         ),
     ),
     outbox=OutboxHealth(depth=0, oldest_age_s=None, awaiting_ack=0, dropped=0),
-    whitelist=WhitelistHealth(seq=42, age_s=3603.4, stale=False),
+    whitelist=WhitelistHealth(
+        seq=42, age_s=3603.4, stale=False, applied_in="process", apply_fallbacks=0
+    ),
     passages=PassageHealth(decided=1207, passed=1150, held=57),
     mqtt=MqttHealth(connected=True, connects=2, published=1311),
     process=ProcessHealth(rss_bytes=61_341_696, loop_lag_ms=1.8),

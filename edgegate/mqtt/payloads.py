@@ -218,6 +218,10 @@ class WhitelistHealth(_Payload):
     seq: int | None
     age_s: float | None
     stale: bool
+    # Where bundles are applied now: "process" (the daemon's apply process) or "thread" (so
+    # configured, or the daemon gave up on the process after it failed three times in a row).
+    applied_in: Literal["process", "thread"] = "thread"
+    apply_fallbacks: int = 0  # bundles and index builds the daemon did itself: the process failed
 
 
 class PassageHealth(_Payload):

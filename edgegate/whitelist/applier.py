@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import structlog
 
@@ -91,6 +91,16 @@ class BundleApplier(Protocol):
     async def reindex(self, now: datetime) -> IndexState: ...
 
     async def aclose(self) -> None: ...
+
+    @property
+    def applied_in(self) -> Literal["process", "thread"]:
+        """Where the next bundle will be applied (for health)."""
+        ...
+
+    @property
+    def fallbacks(self) -> int:
+        """Requests a thread served because the apply process could not (for health)."""
+        ...
 
 
 class WorkerDiedError(Exception):
@@ -138,6 +148,14 @@ class ThreadApplier:
     async def aclose(self) -> None:
         return None
 
+    @property
+    def applied_in(self) -> Literal["process", "thread"]:
+        return "thread"
+
+    @property
+    def fallbacks(self) -> int:
+        return 0
+
 
 class ProcessApplier:
     """Applies in a child process, started at the first request and after one died;
@@ -154,7 +172,7 @@ class ProcessApplier:
     ) -> None:
         self._fallback = fallback
         self._failures = 0  # requests in a row the child failed
-        self.fallbacks = 0  # requests the fallback served
+        self._fallbacks = 0  # requests the fallback served
         self._command = [
             python,
             "-m",
@@ -177,6 +195,15 @@ class ProcessApplier:
     def alive(self) -> bool:
         """Whether a child is running (it is started again by the next request if not)."""
         return self._child is not None and self._child.returncode is None
+
+    @property
+    def fallbacks(self) -> int:
+        """Requests the fallback served because the child could not (for health)."""
+        return self._fallbacks
+
+    @property
+    def applied_in(self) -> Literal["process", "thread"]:
+        return "thread" if self.gave_up else "process"
 
     @property
     def gave_up(self) -> bool:
@@ -221,7 +248,7 @@ class ProcessApplier:
             else:
                 self._failures = 0
                 return answer
-        self.fallbacks += 1
+        self._fallbacks += 1
         return None
 
     async def aclose(self) -> None:

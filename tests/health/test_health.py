@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import aiomqtt
+import pytest
 
 from edgegate.devices.base import DeviceStats
 from edgegate.health import DecisionTally, Health, HealthSettings, HealthSources
@@ -70,6 +72,12 @@ class AlarmLog:
         return [kind for kind, _, _ in self.raised]
 
 
+@dataclass
+class Applier:
+    applied_in: Literal["process", "thread"]
+    fallbacks: int
+
+
 FRESH = WhitelistInfo(seq=42, issued_at=datetime.now(UTC))
 
 
@@ -81,6 +89,7 @@ def health(
     alarms: AlarmLog | None = None,
     wall: Callable[[], float] = time.time,
     interval_s: float = 3600,
+    applier: Applier | None = None,
 ) -> Health:
     return Health(
         HealthSettings(
@@ -95,6 +104,7 @@ def health(
             tally=DecisionTally(),
             mqtt=link or Link(connected=True),
             alarms=alarms or AlarmLog(),
+            applier=applier,
         ),
         wall=wall,
     )
@@ -186,6 +196,18 @@ async def test_a_heartbeat_reports_every_part_and_stays_retained(
     assert (report["mqtt"]["connected"], report["mqtt"]["connects"]) == (True, 1)
     assert report["process"]["rss_bytes"] > 0
     assert report["process"]["loop_lag_ms"] >= 0
+
+
+@pytest.mark.parametrize(
+    "applier", [None, Applier("process", 0), Applier("thread", 4)], ids=["none", "ok", "gave up"]
+)
+async def test_a_heartbeat_says_where_whitelist_bundles_are_applied(
+    applier: Applier | None,
+) -> None:
+    snapshot = await health(applier=applier).snapshot()
+
+    expected = ("thread", 0) if applier is None else (applier.applied_in, applier.fallbacks)
+    assert (snapshot.whitelist.applied_in, snapshot.whitelist.apply_fallbacks) == expected
 
 
 async def test_a_step_of_the_wall_clock_raises_clock_jump() -> None:

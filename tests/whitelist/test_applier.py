@@ -134,7 +134,7 @@ async def test_a_bundle_whose_child_dies_during_the_apply_is_applied_by_the_fall
     result = await pending
 
     assert result.seq == 2  # type: ignore[attr-defined]
-    assert (applier.fallbacks, applier.gave_up) == (1, False)
+    assert (applier.fallbacks, applier.gave_up, applier.applied_in) == (1, False, "process")
     with WhitelistStore.open(tmp_path) as store:
         assert sorted(store.lookup_items([epc(1), epc(2)])) == [epc(2)]
     upsert = {"op": "upsert", **item(epc(3))}
@@ -158,6 +158,7 @@ async def test_without_a_child_every_bundle_still_applies_and_after_three_failur
         assert daemon_store.state().seq == 5
         assert daemon_store.index_state().unindexed == 0
     assert (applier.started, applier.fallbacks, applier.gave_up) == (0, 6, True)
+    assert applier.applied_in == "thread"
 
 
 async def test_a_cancelled_request_stops_the_child_which_leaves_all_or_nothing(
