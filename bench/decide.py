@@ -219,7 +219,7 @@ class Subscriber:
             payload = message.payload
             assert isinstance(payload, bytes | bytearray)
             body = json.loads(payload)
-            self.arrived[str(body["passage_id"])] = time.perf_counter()
+            self.arrived[str(body["passage_id"])] = time.monotonic()
             self._news.set()
 
     async def until(self, passage_id: str) -> float:
@@ -241,7 +241,7 @@ class IoModule:
     def __init__(self, process: asyncio.subprocess.Process, url: str) -> None:
         self._process = process
         self.url = url
-        self.changes: list[tuple[float, bool]] = []  # (perf_counter, barrier coil on)
+        self.changes: list[tuple[float, bool]] = []  # (monotonic, barrier coil on)
         self._news = asyncio.Event()
 
     @classmethod
@@ -263,7 +263,10 @@ class IoModule:
         assert stderr is not None
         while line := await stderr.readline():
             if b"coils " in line:
-                self.changes.append((time.perf_counter(), b"barrier=on" in line))
+                # The module's own instant (the same clock in every process), not when this
+                # loop got round to reading the line.
+                at = float(line.rpartition(b"at_mono_s=")[2])
+                self.changes.append((at, b"barrier=on" in line))
                 self._news.set()
 
     async def barrier(self, open_: bool, after: int) -> float:
@@ -314,13 +317,15 @@ async def measure(state_dir: Path, key: str, rounds: int) -> dict[str, dict[str,
                     for round_no in range(rounds):
                         closed = passage(size, round_no, time.monotonic())
                         seen = len(io.changes)
-                        start = time.perf_counter()
+                        # Every instant on the monotonic clock, which the gate I/O module's
+                        # process shares (its coil changes carry their own instant).
+                        start = time.monotonic()
                         deciding = group.create_task(daemon.decide_and_act(closed))
                         coiled.append((await io.barrier(True, seen) - start) * 1000)
                         arrived = await subscriber.until(closed.passage_id)
                         received.append((arrived - start) * 1000)
                         await deciding
-                        settled.append((time.perf_counter() - start) * 1000)
+                        settled.append((time.monotonic() - start) * 1000)
                         seen = len(io.changes)
                         daemon.passage_ended(closed.passage_id)
                         await io.barrier(False, seen)

@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -422,7 +423,10 @@ def _run_gate_io(args: argparse.Namespace) -> None:
             await module.until(changed)
             shown = module.coils()
             states = " ".join(f"{name}={'on' if on else 'off'}" for name, on in shown.items())
-            print(f"{PROG}: coils {states}", file=sys.stderr, flush=True)
+            # When, on the system-wide monotonic clock: a benchmark times the gate with it
+            # without counting how long its own event loop took to read this line.
+            at = f"at_mono_s={time.monotonic():.6f}"
+            print(f"{PROG}: coils {states} {at}", file=sys.stderr, flush=True)
 
     async def serve() -> None:
         async with module, asyncio.TaskGroup() as group:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -172,9 +173,10 @@ async def test_cli_serves_a_module_takes_beam_commands_and_reports_coils() -> No
                 pass
         assert await ask(url, COIL_0_ON, 8) == COIL_0_ON
         line = await bounded(process.stderr.readline())
-        assert line.decode().strip() == (
-            "edgegate-sim: coils barrier=on green=off red=off buzzer=off"
-        )
+        asked_at = time.monotonic()
+        states, _, at = line.decode().strip().rpartition(" at_mono_s=")
+        assert states == "edgegate-sim: coils barrier=on green=off red=off buzzer=off"
+        assert asked_at - 5 < float(at) <= asked_at  # the module's instant, this clock
 
         process.send_signal(signal.SIGINT)
         assert await bounded(process.wait()) == 0
