@@ -293,7 +293,7 @@ def _index_line(index: IndexState) -> str:
     items = "item" if index.records == 1 else "items"
     return (
         f"{index.records:,} {items} in {index.file}, built {built}; "
-        f"{index.unindexed:,} changed since (read from the database)"
+        f"{index.unindexed:,} changed since (found in an index of their own)"
     )
 
 

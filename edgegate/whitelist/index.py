@@ -175,17 +175,22 @@ def write_index(
     conn: sqlite3.Connection,
     directory: Path,
     *,
+    listed_only: bool = False,
     per_bucket: int = RECORDS_PER_BUCKET,
     stop: threading.Event | None = None,
 ) -> WrittenIndex:
-    """Write an index of the ``items`` table as ``conn`` sees it (inside its transaction).
+    """Write an index of the ``items`` table as ``conn`` sees it (inside its transaction):
+    of every item, or with ``listed_only`` of those listed in ``items_unindexed``.
 
     SQLite sorts the rows by bucket (into temporary files, so memory stays flat whatever the
     table's size); this only streams them out. Removes its file again if anything fails;
     raises :class:`IndexBuildStoppedError` soon after ``stop`` is set.
     """
     stop = stop or threading.Event()
-    (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
+    source = "items"
+    if listed_only:
+        source = "items WHERE epc IN (SELECT epc FROM items_unindexed)"
+    (count,) = conn.execute(f"SELECT count(*) FROM {source}").fetchone()
     groups = max(1, -(-int(count) // (per_bucket * GROUP_BUCKETS)))
     buckets = groups * GROUP_BUCKETS
     token = secrets.token_hex(16)
@@ -197,7 +202,7 @@ def write_index(
         deterministic=True,
     )
     line = f" || char({ord(SEP)}) || ".join(f"ifnull({column}, '')" for column in FIELDS)
-    sql = f"SELECT {_BUCKET_FUNCTION}(epc), {line} FROM items ORDER BY 1"
+    sql = f"SELECT {_BUCKET_FUNCTION}(epc), {line} FROM {source} ORDER BY 1"
     # 4-byte offsets until the data passes 4 GiB, then 8 (half the writer's memory: 20 MB
     # at 10M items).
     offsets = array.array("I", bytes(4 * (buckets + 1)))

@@ -33,7 +33,7 @@ from edgegate.whitelist.index import (
 from edgegate.whitelist.records import parse_record
 from edgegate.whitelist.store import DB_NAME, WhitelistStore
 
-from .support import EPC, SITE, Forge, epc, item
+from .support import ENTERPRISE, EPC, SITE, Forge, epc, item
 
 NOW = datetime(2026, 11, 25, 8, 5, tzinfo=UTC)
 FORGE = Forge(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
@@ -222,6 +222,103 @@ def test_items_a_delta_changes_are_answered_from_the_database(store: WhitelistSt
     assert found[epc(1)].status == "seized"
 
 
+def listed_token(store: WhitelistStore) -> str | None:
+    with sqlite3.connect(store.path) as conn:
+        (token,) = conn.execute("SELECT delta_token FROM item_index").fetchone()
+    conn.close()
+    return None if token is None else str(token)
+
+
+def test_the_items_a_delta_changed_are_found_in_an_index_of_their_own(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    changes = [
+        {"op": "upsert", **item(epc(1), status="seized")},
+        {"op": "delete", "type": "item", "epc": epc(2)},
+        {"op": "upsert", **item(epc(20))},
+    ]
+    apply(store, FORGE.delta(changes, seq=2))
+
+    token = listed_token(store)
+    assert token is not None
+    listed = ItemIndex.open(store.path.parent / file_name(token), token)
+    found: dict[str, ItemRecord] = {}
+    listed.lookup([epc(1), epc(2), epc(20), epc(3)], found)
+    listed.close()
+    assert {key: record.status for key, record in found.items()} == {
+        epc(1): "seized",
+        epc(20): "bonded",
+    }
+    # Behind the store's back the rows go: it still answers, so it read the listed index.
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("DELETE FROM items WHERE epc IN (?, ?)", (epc(1), epc(20)))
+    conn.close()
+    answer = store.lookup_items([epc(1), epc(2), epc(20), epc(3)])
+    assert {key: record.status for key, record in answer.items()} == {
+        epc(1): "seized",
+        epc(20): "bonded",
+        epc(3): "bonded",
+    }
+
+
+def test_a_missing_index_of_the_listed_items_costs_speed_not_answers_and_comes_back(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    apply(store, FORGE.delta([{"op": "upsert", **item(epc(1), status="seized")}], seq=2))
+    lost = listed_token(store)
+    assert lost is not None
+    (store.path.parent / file_name(lost)).unlink()
+
+    assert store.item(epc(1)).status == "seized"  # type: ignore[union-attr]
+    # A delta that lists no item still writes it again: the recorded one is unusable.
+    apply(store, FORGE.delta([{"op": "upsert", **ENTERPRISE}], seq=3))
+
+    again = listed_token(store)
+    assert again not in (None, lost)
+    assert len(index_files(store.path.parent)) == 2
+    assert store.item(epc(1)).status == "seized"  # type: ignore[union-attr]
+
+
+def test_each_delta_below_the_threshold_rewrites_the_index_of_the_listed_items(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path, reindex_after=10) as store:
+        apply(store, FORGE.snapshot([item(epc(n)) for n in range(6)]))
+        tokens = []
+        for seq, n in enumerate([1, 2, 1, 3], start=2):
+            status = "seized" if seq % 2 == 0 else "released"
+            apply(store, FORGE.delta([{"op": "upsert", **item(epc(n), status=status)}], seq=seq))
+            tokens.append(listed_token(store))
+
+            found = store.lookup_items([epc(k) for k in range(6)])
+            assert found[epc(n)].status == status
+
+        assert len(set(tokens)) == 4  # a new one each time, the old one gone
+        assert len(index_files(tmp_path)) == 2
+        found = store.lookup_items([epc(k) for k in range(6)])
+        assert [found[epc(k)].status for k in range(5)] == [
+            "bonded",
+            "seized",
+            "released",
+            "released",
+            "bonded",
+        ]
+
+
+def test_a_delta_that_lists_no_item_keeps_the_index_of_the_listed_items(
+    store: WhitelistStore,
+) -> None:
+    apply(store, FORGE.snapshot([item(epc(n)) for n in range(10)]))
+    apply(store, FORGE.delta([{"op": "upsert", **item(epc(1), status="seized")}], seq=2))
+    before = (listed_token(store), index_files(store.path.parent))
+
+    apply(store, FORGE.delta([{"op": "upsert", **ENTERPRISE}], seq=3))
+
+    assert (listed_token(store), index_files(store.path.parent)) == before
+
+
 def test_more_changes_than_reindex_after_build_a_new_index_and_retire_the_old_file(
     store: WhitelistStore,
 ) -> None:
@@ -229,7 +326,9 @@ def test_more_changes_than_reindex_after_build_a_new_index_and_retire_the_old_fi
     first = index_files(store.path.parent)
     seized = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(3)]
     assert not apply(store, FORGE.delta(seized, seq=2))
-    assert index_files(store.path.parent) == first  # three changes: not yet
+    # Three changes: not yet; beside the index, one of the three changed items.
+    assert store.index_state().file in first
+    assert len(set(index_files(store.path.parent)) - set(first)) == 1
     assert apply(store, FORGE.delta([{"op": "delete", "type": "item", "epc": epc(9)}], seq=3))
 
     state = store.index_state()
@@ -281,20 +380,20 @@ def test_a_stopped_build_changes_nothing_and_leaves_no_file(
     # 2,000 items: the build asks every 256 rows, 8 times while SQLite sorts, then while the
     # rows are written out.
     apply(store, FORGE.snapshot([item(epc(n)) for n in range(2000)]))
-    before = (store.index_state(), index_files(store.path.parent))
+    built = store.index_state().file
     store.apply(
         FORGE.delta([{"op": "upsert", **item(epc(1), status="seized")}], seq=2),
         site=SITE,
         sha256="d",
         now=NOW,
     )
-    listed = store.index_state()
+    listed = (store.index_state(), index_files(store.path.parent))
 
     with pytest.raises(index_module.IndexBuildStoppedError):
         store.reindex(now=NOW, stop=_StopAfter(checks))
 
-    assert store.index_state() == listed
-    assert (listed.file, index_files(store.path.parent)) == (before[0].file, before[1])
+    assert (store.index_state(), index_files(store.path.parent)) == listed
+    assert listed[0].file == built
     assert store.item(epc(1)).status == "seized"  # type: ignore[union-attr]
 
 
@@ -426,7 +525,7 @@ def test_a_schema_1_database_is_upgraded_and_indexed_by_its_next_apply(tmp_path:
         assert store.index_state().records == 2
         assert sorted(from_index(store, [epc(1), epc(2)])) == [epc(1), epc(2)]
     with sqlite3.connect(tmp_path / DB_NAME) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
     conn.close()
 
 
@@ -439,6 +538,7 @@ def test_a_schema_2_database_keeps_its_list_of_changed_items_through_the_upgrade
         # As schema 2 left it: a delta changed epc(1) and the list has no seq column.
         conn.execute("DROP INDEX items_unindexed_by_seq")
         conn.execute("ALTER TABLE items_unindexed DROP COLUMN listed_seq")
+        conn.execute("ALTER TABLE item_index DROP COLUMN delta_token")
         conn.execute("UPDATE items SET status = 'seized' WHERE epc = ?", (epc(1),))
         conn.execute("INSERT INTO items_unindexed (epc) VALUES (?)", (epc(1),))
         conn.execute("PRAGMA user_version = 2")
@@ -519,7 +619,7 @@ _BUNDLES = st.lists(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     bundles=_BUNDLES,
