@@ -631,7 +631,7 @@ class WhitelistStore:
             return IndexState(None, False, 0, None, unindexed)
         token, records, built_at = built[0]
         name = file_name(str(token))
-        usable = index_usable(self.path.parent / name, str(token))
+        usable = _usable(self.path.parent, str(token))
         return IndexState(name, usable, _int(records), _instant(built_at), unindexed)
 
     def item_status_counts(self) -> dict[str, int]:
@@ -902,6 +902,11 @@ def _recorded(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
     return str(token), None if listed is None else str(listed)
 
 
+def _usable(directory: Path, token: str | None) -> bool:
+    """Whether ``token`` names a complete index file in ``directory`` (header and size)."""
+    return token is not None and index_usable(directory / file_name(token), token)
+
+
 def _remove_strays(directory: Path, keep: set[Path]) -> None:
     # Called with the write transaction held: no other process is writing an index file now,
     # so any file but the current ones is left over from a build that failed or crashed.
@@ -918,8 +923,8 @@ def _index_due(conn: sqlite3.Connection, directory: Path, reindex_after: int) ->
     the last build. Until then the items deltas change are listed in ``items_unindexed``
     (by _apply) and answered from SQLite.
     """
-    built = _query(conn, "SELECT token FROM item_index")
-    if not built or not index_usable(directory / file_name(str(built[0][0])), str(built[0][0])):
+    token, _ = _recorded(conn)
+    if not _usable(directory, token):
         return True
     (pending,) = _query(conn, "SELECT count(*) FROM items_unindexed")[0]
     return _int(pending) > reindex_after
@@ -958,11 +963,11 @@ def _build_delta_index(
     index there is nothing to complement: lookups read SQLite.
     """
     token, listed = _recorded(conn)
-    if token is None or not index_usable(directory / file_name(token), token):
+    if token is None or not _usable(directory, token):
         return _IndexChange()
     current = None if listed is None else directory / file_name(listed)
     changed = _query(conn, "SELECT 1 FROM items_unindexed WHERE listed_seq = ? LIMIT 1", (seq,))
-    if not changed and (current is None or index_usable(current, str(listed))):
+    if not changed and (listed is None or _usable(directory, listed)):
         return _IndexChange()  # this delta listed no item: the index of the list still holds
     retired = () if current is None else (current,)
     _remove_strays(directory, {directory / file_name(token), *retired})

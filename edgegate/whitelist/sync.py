@@ -2,9 +2,10 @@
 
 Owns what happens to a bundle that arrives over MQTT. The publisher's message loop hands it
 to :meth:`WhitelistSync.on_message`, which only checks its size and queues it;
-:meth:`WhitelistSync.run` verifies and applies bundles one at a time, in arrival order, on a
-worker thread, so the event loop — and every decision — goes on meanwhile (lookups use
-their own connection; SQLite WAL lets them read the last committed whitelist).
+:meth:`WhitelistSync.run` has them verified and applied one at a time, in arrival order, by
+its applier (the daemon's apply process, or a worker thread: see applier.py), so the event
+loop — and every decision — goes on meanwhile (lookups use their own connection; SQLite WAL
+lets them read the last committed whitelist).
 
 Outcomes, each logged (``whitelist.applied``, ``whitelist.duplicate``, ``whitelist.rejected``):
 - applied: a snapshot replaced everything, or a delta changed what it names, atomically;
@@ -114,7 +115,6 @@ class WhitelistSync:
         self._settings = settings
         self._applier = applier or ThreadApplier(store)
         self._trusted_keys = settings.trusted_keys
-        self._keys = TrustedKeys.from_base64(settings.trusted_keys)
         self._alarm = alarm
         self._resync = resync
         self._clock = clock
@@ -125,12 +125,13 @@ class WhitelistSync:
         self._lost = False  # a bundle was dropped: ask for a resync once the queue drains
         self._last_request: tuple[int | None, float] | None = None
         self.counters = SyncCounters()
-        if not self._keys.by_id:
+        # Parsed here only to refuse a malformed key now; the applier parses them per bundle.
+        if not TrustedKeys.from_base64(settings.trusted_keys).by_id:
             log.warning("whitelist.no_trusted_keys", detail="every bundle will be rejected")
 
     async def use_trusted_keys(self, trusted_keys: tuple[str, ...]) -> None:
         """Trust these keys from the next bundle on (a config reload during a key rotation)."""
-        self._keys = TrustedKeys.from_base64(trusted_keys)
+        TrustedKeys.from_base64(trusted_keys)  # a malformed key is refused here, not per bundle
         self._trusted_keys = trusted_keys
 
     async def resync_now(self) -> dict[str, object]:

@@ -367,6 +367,14 @@ async def test_a_redelivered_bundle_is_a_silent_duplicate(
         assert gate.watcher.alarms == []
 
 
+def seeded(state_dir: Path, forge: Forge, items: int) -> str | None:
+    """Apply a snapshot of ``items`` items to a store there, as a gate had it; its index file."""
+    with WhitelistStore.open(state_dir) as seed:
+        snapshot = forge.snapshot([item(epc(n)) for n in range(items)], seq=1)
+        seed.apply(snapshot, site=SITE, sha256="s", now=datetime.now(UTC))
+        return seed.index_state().file
+
+
 class _PausingStore(WhitelistStore):
     """Stops every apply inside its open write transaction until told to go on."""
 
@@ -384,10 +392,7 @@ class _PausingStore(WhitelistStore):
 async def test_decisions_go_on_while_a_delta_is_being_applied(
     tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge
 ) -> None:
-    items = [item(epc(n)) for n in range(2000)]
-    seed = WhitelistStore.open(tmp_path / "state")
-    seed.apply(forge.snapshot(items, seq=1), site=SITE, sha256="s", now=datetime.now(UTC))
-    seed.close()
+    seeded(tmp_path / "state", forge, 2000)
     store = _PausingStore.open(tmp_path / "state")
     changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(2000)]
     delta = forge.sign(forge.body(changes, kind="delta", seq=2))
@@ -413,14 +418,8 @@ async def test_decisions_go_on_while_a_delta_is_being_applied(
 async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index_is_rebuilt(
     tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge, apply_in: str
 ) -> None:
+    first = seeded(tmp_path / "state", forge, 40)
     store = WhitelistStore.open(tmp_path / "state", reindex_after=10)
-    store.apply(
-        forge.snapshot([item(epc(n)) for n in range(40)], seq=1),
-        site=SITE,
-        sha256="s",
-        now=datetime.now(UTC),
-    )
-    first = store.index_state().file
     changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(15)]
 
     trusted = [public_key_base64(forge.private)]
@@ -462,15 +461,7 @@ class _LongBuildStore(WhitelistStore):
 async def test_a_daemon_stopping_mid_build_stops_the_build_and_keeps_the_delta(
     tmp_path: Path, broker: LocalBroker, topics: Topics, forge: Forge
 ) -> None:
-    seed = WhitelistStore.open(tmp_path / "state")
-    seed.apply(
-        forge.snapshot([item(epc(n)) for n in range(40)], seq=1),
-        site=SITE,
-        sha256="s",
-        now=datetime.now(UTC),
-    )
-    first = seed.index_state().file
-    seed.close()
+    first = seeded(tmp_path / "state", forge, 40)
     store = _LongBuildStore.open(tmp_path / "state", reindex_after=10)
     changes = [{"op": "upsert", **item(epc(n), status="seized")} for n in range(15)]
 
