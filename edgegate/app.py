@@ -258,6 +258,7 @@ class Daemon:
             overflow_event=overflow_alarm(self._topics),
         )
         store = await asyncio.to_thread(WhitelistStore.open, state_dir)
+        await asyncio.to_thread(store.warm)
         self._history = await asyncio.to_thread(DepartureHistory.open, state_dir)
         self._parts = (outbox, store)
         self._alarms = Alarms(outbox, self._topics)

@@ -212,6 +212,7 @@ class WhitelistSync:
                 )
                 return
             self._applied(result)
+            await self._warm()
             if result.index_due:
                 await self._build_index()
             return
@@ -234,13 +235,22 @@ class WhitelistSync:
         except Exception:
             log.exception("whitelist.index_failed")  # e.g. the disk is full
             return
-        self.counters.index_builds += 1
         log.info(
             "whitelist.index_built",
             records=state.records,
             file=state.file,
             seconds=round(time.monotonic() - started, 1),
         )
+        await self._warm()
+        self.counters.index_builds += 1
+
+    async def _warm(self) -> None:
+        """Have the store read what lookups need after this change (see WhitelistStore.warm)
+        here rather than in the next passage. Failing costs that passage the reading only."""
+        try:
+            await asyncio.to_thread(self._store.warm)
+        except StoreError as exc:
+            log.warning("whitelist.warm_failed", error=str(exc))
 
     def _applied(self, result: ApplyResult) -> None:
         self.counters.applied += 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from unittest import mock
 
 import pytest
@@ -24,6 +27,7 @@ from edgegate.whitelist.errors import BundleError
 from edgegate.whitelist.index import (
     GROUP_BUCKETS,
     INDEX_PREFIX,
+    ChunkedWriter,
     ItemIndex,
     UnusableIndexError,
     bucket_of,
@@ -33,7 +37,10 @@ from edgegate.whitelist.index import (
 from edgegate.whitelist.records import parse_record
 from edgegate.whitelist.store import DB_NAME, WhitelistStore
 
-from .support import ENTERPRISE, EPC, SITE, Forge, epc, item
+from .support import ENTERPRISE, EPC, SITE, Forge, epc, item, open_files
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 NOW = datetime(2026, 11, 25, 8, 5, tzinfo=UTC)
 FORGE = Forge(Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
@@ -115,6 +122,47 @@ def test_an_index_of_more_than_4_gib_of_data_has_8_byte_offsets(
     assert from_index(store, [*expected, epc(99)]) == expected
     path = store.path.parent / str(store.index_state().file)
     assert path.read_bytes()[index_module.HEADER.size - 1] == 8
+
+
+class _RecordingFile(io.FileIO):
+    """A real file that notes where each write started and how long it was."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "wb")
+        self.writes: list[tuple[int, int]] = []
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        self.writes.append((self.tell(), memoryview(data).nbytes))
+        return super().write(data)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=30))
+@settings(max_examples=60)
+def test_the_chunked_writer_writes_whole_chunks_at_their_own_offsets(pieces: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "out"
+        with _RecordingFile(path) as file:
+            out = ChunkedWriter(file, 16)
+            for piece in pieces:
+                out.write(piece)
+            out.flush()
+            writes = file.writes
+        assert path.read_bytes() == b"".join(pieces)
+    *whole, last = writes or [(0, 0)]
+    assert all(length == 16 and start % 16 == 0 for start, length in whole)
+    assert last[0] % 16 == 0
+    assert last[1] <= 16
+
+
+def test_an_index_written_in_many_chunks_answers_every_item_as_stored(
+    store: WhitelistStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "WRITE_CHUNK_BYTES", 64)  # the records span chunks
+    apply(store, FORGE.snapshot(VARIED))
+
+    expected = {str(fields["epc"]): as_record(fields) for fields in VARIED}
+    assert from_index(store, [*expected, epc(99)]) == expected
+    assert (store.path.parent / str(store.index_state().file)).stat().st_size > 64 * 10
 
 
 def test_fields_holding_a_separator_or_a_newline_are_found_through_an_escaped_record(
@@ -588,6 +636,43 @@ def test_another_process_s_snapshot_moves_an_open_store_to_the_new_index(
         found = daemon.lookup_items([epc(1), epc(2)])
         assert sorted(found) == [epc(2)]
         assert found[epc(2)].status == "seized"
+
+
+def test_warming_opens_the_index_another_process_wrote_before_any_lookup(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path) as daemon:
+        daemon.warm()
+        with WhitelistStore.open(tmp_path) as cli:
+            apply(cli, FORGE.snapshot([item(epc(1))]))
+        path = tmp_path / str(daemon.index_state().file)
+        assert path not in open_files()
+
+        daemon.warm()
+
+        assert path in open_files()
+        assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(1)]
+
+
+def test_an_index_whose_shared_parts_are_damaged_is_refused_when_opened(tmp_path: Path) -> None:
+    with WhitelistStore.open(tmp_path) as store:
+        apply(store, FORGE.snapshot([item(epc(1)), item(epc(2), directions=["in"])]))
+        name = str(store.index_state().file)
+    path = tmp_path / name
+    data = path.read_bytes()
+    # A list field of a shared part that is not JSON any more: same length, so the header
+    # and the offsets still agree.
+    damaged = data.replace(b'["in"]', b'["in" ', 1)
+    assert damaged != data
+    path.write_bytes(damaged)
+
+    token = name.removeprefix(INDEX_PREFIX).removesuffix(".idx")
+    with pytest.raises(UnusableIndexError, match="shared parts damaged"):
+        ItemIndex.open(path, token)
+    with WhitelistStore.open(tmp_path) as store:
+        found = store.lookup_items([epc(1), epc(2), epc(3)])
+    assert found[epc(2)].directions == ("in",)
+    assert sorted(found) == [epc(1), epc(2)]
 
 
 # -- the index and the database never disagree ------------------------------------------------

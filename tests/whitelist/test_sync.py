@@ -31,7 +31,7 @@ from edgegate.whitelist.store import ApplyResult, IndexState, WhitelistStore
 from edgegate.whitelist.sync import SyncSettings, WhitelistSync
 from simulators.backoffice import BackOffice, BackOfficeSettings
 
-from .support import EPC, ITEM, SITE, Forge, epc, item
+from .support import EPC, ITEM, SITE, Forge, epc, item, open_files
 
 TIMEOUT_S = 20
 MAX_BUNDLE = 256 * 1024
@@ -431,6 +431,8 @@ async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index
         assert (state.usable, state.records, state.unindexed) == (True, 40, 0)
         assert state.file != first
         assert gate.sync.counters.applied == 1
+        # Opened already by the sync (see WhitelistStore.warm), not by the next passage.
+        assert store.path.parent / str(state.file) in open_files()
         found = store.lookup_items([epc(n) for n in range(20)])
         assert [found[epc(n)].status for n in range(14, 16)] == ["seized", "bonded"]
 
