@@ -92,8 +92,8 @@ SHARED_BYTES_MAX = 16 << 20
 # The file is written in whole chunks of this size at offsets that are multiples of it. The
 # kernel (ext4 since Linux 6.16) caches a file in folios as large as the writes that filled
 # it, up to 2 MiB, and a lookup's ``pread`` walks the page cache's tree to its folio: at 10M
-# items the 300 KB writes of before left ~32 KiB folios and ~15 % of a lookup's time in
-# that walk, 2 MiB folios ~3 % (measured with perf; the lookup's p50 4.6 → 4.0 ms).
+# items the 300 KB writes of before left ~32 KiB folios and ~11 % of a lookup's time in
+# that walk, 2 MiB folios ~3 % (perf samples; see docs/architecture.md).
 WRITE_CHUNK_BYTES = 4 << 20
 INDEX_PREFIX = "whitelist.items-"
 INDEX_SUFFIX = ".idx"
@@ -259,8 +259,8 @@ def write_index(
             width = offsets.itemsize
             if sys.byteorder != "little":
                 offsets.byteswap()
-            out.write(offsets.tobytes())
             out.flush()
+            offsets.tofile(file)  # read once, at open: no alignment to keep (nor a 20 MB copy)
             file.seek(0)
             file.write(
                 HEADER.pack(

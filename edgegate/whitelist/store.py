@@ -402,6 +402,11 @@ class WhitelistStore:
         self._write_lock = threading.Lock()
         # Under the read lock: see _view.
         self._view_cache: _View | None = None
+        # Index files the view no longer uses, closed by warm() outside the read lock: the
+        # last close of a replaced file frees its page cache and its blocks (the apply that
+        # replaced it unlinked it), 130 ms for a 10M-item index, and a passage must not
+        # wait for that.
+        self._retired: list[ItemIndex] = []
 
     @property
     def reindex_after(self) -> int:
@@ -459,6 +464,9 @@ class WhitelistStore:
                 if index is not None:
                     index.close()
             self._view_cache = None
+            for index in self._retired:
+                index.close()
+            self._retired.clear()
 
     def __enter__(self) -> WhitelistStore:
         return self
@@ -671,11 +679,20 @@ class WhitelistStore:
     def warm(self) -> None:
         """Read now what lookups need after a change: the vehicle tags, the item index files
         opened (bucket offsets, shared parts decoded) and the items they must not be asked
-        about. The daemon calls this once ready to open the store and after every bundle it
-        applies, so that a passage does not pay for it (at 10M items ~70 ms after a start or
-        a rebuild); a lookup still reads whatever changed since."""
-        with self._reading() as conn:
-            self._view(conn)
+        about; then close the index files that were replaced.
+
+        The daemon calls this before it is ready, after every bundle it applies and when idle
+        (see sync.IDLE_WARM_S), so that a passage pays for neither (at 10M items ~70 ms to
+        read, ~130 ms to close); a lookup still reads whatever changed since, and leaves the
+        closing to this."""
+        try:
+            with self._reading() as conn:
+                self._view(conn)
+        finally:
+            with self._read_lock:
+                retired, self._retired = self._retired, []
+            for index in retired:
+                index.close()
 
     def item(self, epc: str) -> ItemRecord | None:
         return self.lookup_items([epc]).get(epc)
@@ -732,45 +749,55 @@ class WhitelistStore:
         view = self._view_cache
         if view is not None and view.version == version:
             return view
-        sql = "SELECT key FROM records WHERE type = ?"
-        vehicles = frozenset(str(key) for (key,) in _query(conn, sql, (RecordType.VEHICLE.value,)))
-        token, listed_token = _recorded(conn)
-        index = self._open_named(token, None if view is None else view.index)
-        listed = None
-        unindexed: frozenset[str] = frozenset()
-        listed_to = 0
-        if index is not None:
-            listed = self._open_named(listed_token, None if view is None else view.listed)
-            (top,) = _query(conn, "SELECT ifnull(max(listed_seq), 0) FROM items_unindexed")[0]
-            listed_to = _int(top)
-            if view is not None and view.index is index and listed_to >= view.listed_to:
-                # The same build: its list has only grown since (a new build empties it and
-                # makes a new index), so only what later deltas listed is read. After a
-                # 10,000-record delta at 40,000 listed: ~3 ms, not ~20 ms for all of it.
-                added = _query(conn, _UNINDEXED_SELECT, (view.listed_to,))
-                unindexed = view.unindexed | frozenset(str(epc) for (epc,) in added)
-            else:
-                rows = _query(conn, _UNINDEXED_SELECT, (-1,))
-                unindexed = frozenset(str(epc) for (epc,) in rows)
-        elif view is not None and view.listed is not None:
-            view.listed.close()
+        was = (None, None) if view is None else (view.index, view.listed)
+        opened: list[ItemIndex] = []  # files opened here, closed again if this fails
+        try:
+            sql = "SELECT key FROM records WHERE type = ?"
+            rows = _query(conn, sql, (RecordType.VEHICLE.value,))
+            vehicles = frozenset(str(key) for (key,) in rows)
+            token, listed_token = _recorded(conn)
+            index = self._open_named(token, was[0], opened)
+            listed = None
+            unindexed: frozenset[str] = frozenset()
+            listed_to = 0
+            if index is not None:
+                listed = self._open_named(listed_token, was[1], opened)
+                (top,) = _query(conn, "SELECT ifnull(max(listed_seq), 0) FROM items_unindexed")[0]
+                listed_to = _int(top)
+                if view is not None and view.index is index and listed_to >= view.listed_to:
+                    # The same build: its list has only grown since (a new build empties it
+                    # and makes a new index), so only what later deltas listed is read. After
+                    # a 10,000-record delta at 40,000 listed: ~3 ms, not ~20 ms for all of it.
+                    added = _query(conn, _UNINDEXED_SELECT, (view.listed_to,))
+                    unindexed = view.unindexed | frozenset(str(epc) for (epc,) in added)
+                else:
+                    rows = _query(conn, _UNINDEXED_SELECT, (-1,))
+                    unindexed = frozenset(str(epc) for (epc,) in rows)
+        except BaseException:
+            self._retired += opened
+            raise
         self._view_cache = _View(version, vehicles, index, unindexed, listed_to, listed)
+        # Only now that no view holds them may the files it replaced be closed (see warm).
+        self._retired += (old for old in was if old is not None and old not in (index, listed))
         return self._view_cache
 
-    def _open_named(self, token: str | None, open_now: ItemIndex | None) -> ItemIndex | None:
-        """The index file ``token`` names: ``open_now`` if it is that one, else opened."""
-        if open_now is not None:
-            if open_now.token == token:
-                return open_now
-            open_now.close()
+    def _open_named(
+        self, token: str | None, open_now: ItemIndex | None, opened: list[ItemIndex]
+    ) -> ItemIndex | None:
+        """The index file ``token`` names: ``open_now`` if it is that one, else opened (and
+        added to ``opened``)."""
+        if open_now is not None and open_now.token == token:
+            return open_now
         if token is None:
             return None
         try:
-            return ItemIndex.open(self.path.parent / file_name(token), token)
+            index = ItemIndex.open(self.path.parent / file_name(token), token)
         except UnusableIndexError:
             # Deleted by an apply that committed after this snapshot began, or damaged: the
             # database answers instead (same answers, slower) until the next change.
             return None
+        opened.append(index)
+        return index
 
     def enterprise(self, owner: str) -> EnterpriseRecord | None:
         record = self._get(RecordType.ENTERPRISE, owner)

@@ -50,6 +50,11 @@ from edgegate.whitelist.store import ApplyResult, StoreError, WhitelistStore
 
 log = structlog.get_logger(__name__)
 
+# With no bundle to apply, the store is warmed this often anyway (see WhitelistStore.warm):
+# another process (``whitelist import``, ``reindex``) may have replaced the item index, and
+# the file it replaced keeps its disk space until this process closes it.
+IDLE_WARM_S = 10.0
+
 
 class RejectionAlarm(Protocol):
     """Raises ``whitelist_rejected`` (durably: it must reach the back office)."""
@@ -167,7 +172,12 @@ class WhitelistSync:
                 self._lost = False
                 state = await asyncio.to_thread(self._store.state)
                 await self._request(state.seq if state.site == self._settings.site else None, "gap")
-            item = await self._queue.get()
+            try:
+                async with asyncio.timeout(IDLE_WARM_S):
+                    item = await self._queue.get()
+            except TimeoutError:
+                await self._warm()
+                continue
             if isinstance(item, _Oversized):
                 limit = self._settings.max_bundle_bytes
                 await self._rejected(

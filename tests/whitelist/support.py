@@ -134,4 +134,6 @@ class Forge:
 def open_files() -> set[Path]:
     """The files this process has open now (Linux)."""
     fds = Path("/proc/self/fd")
-    return {Path(os.readlink(fd)) for fd in fds.iterdir() if fd.is_symlink()} - {fds}
+    links = (os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink())
+    # A file removed while open is still open: Linux names it "<path> (deleted)".
+    return {Path(link.removesuffix(" (deleted)")) for link in links} - {fds}

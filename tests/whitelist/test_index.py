@@ -35,7 +35,7 @@ from edgegate.whitelist.index import (
     probe_of,
 )
 from edgegate.whitelist.records import parse_record
-from edgegate.whitelist.store import DB_NAME, WhitelistStore
+from edgegate.whitelist.store import DB_NAME, StoreError, WhitelistStore
 
 from .support import ENTERPRISE, EPC, SITE, Forge, epc, item, open_files
 
@@ -652,6 +652,51 @@ def test_warming_opens_the_index_another_process_wrote_before_any_lookup(
 
         assert path in open_files()
         assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(1)]
+
+
+def test_an_index_file_a_rebuild_replaced_is_closed_by_warm_not_by_a_lookup(
+    tmp_path: Path,
+) -> None:
+    with WhitelistStore.open(tmp_path) as daemon:
+        apply(daemon, FORGE.snapshot([item(epc(1))]))
+        daemon.warm()
+        old = tmp_path / str(daemon.index_state().file)
+        with WhitelistStore.open(tmp_path) as cli:
+            apply(cli, FORGE.snapshot([item(epc(2))], seq=2))
+        new = tmp_path / str(daemon.index_state().file)
+
+        assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(2)]
+        # Removed by the apply, still open: its last close frees it, which takes a while.
+        assert not old.exists()
+        assert {old, new} <= open_files()
+
+        daemon.warm()
+
+        assert old not in open_files()
+        assert new in open_files()
+
+
+def test_a_view_that_fails_to_load_keeps_the_last_one_and_leaves_no_file_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with WhitelistStore.open(tmp_path) as daemon:
+        apply(daemon, FORGE.snapshot([item(epc(1))]))
+        daemon.warm()
+        old = tmp_path / str(daemon.index_state().file)
+        with WhitelistStore.open(tmp_path) as cli:
+            apply(cli, FORGE.snapshot([item(epc(2))], seq=2))
+        new = tmp_path / str(daemon.index_state().file)
+        # The read after the new file is opened fails (as SQLite may: busy, I/O error).
+        monkeypatch.setattr(store_module, "_UNINDEXED_SELECT", "SELECT no_such_column")
+        with pytest.raises(StoreError):
+            daemon.warm()
+        assert new not in open_files()
+
+        monkeypatch.undo()
+        assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(2)]
+        daemon.warm()
+        assert old not in open_files()
+        assert new in open_files()
 
 
 def test_an_index_whose_shared_parts_are_damaged_is_refused_when_opened(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from edgegate.mqtt.outbox import AsyncOutbox
 from edgegate.mqtt.publisher import Publisher, PublisherSettings, Subscription
 from edgegate.mqtt.topics import Topics
 from edgegate.mqtt.whitelist_link import WhitelistLink
+from edgegate.whitelist import sync as sync_module
 from edgegate.whitelist.applier import ProcessApplier, ThreadApplier
 from edgegate.whitelist.bundle import VerifiedBundle, public_key_base64
 from edgegate.whitelist.records import RecordType
@@ -435,6 +436,29 @@ async def test_a_delta_that_makes_the_index_due_is_in_force_first_then_the_index
         assert store.path.parent / str(state.file) in open_files()
         found = store.lookup_items([epc(n) for n in range(20)])
         assert [found[epc(n)].status for n in range(14, 16)] == ["seized", "bonded"]
+
+
+async def test_an_idle_sync_closes_the_index_file_another_process_replaced(
+    tmp_path: Path,
+    broker: LocalBroker,
+    topics: Topics,
+    forge: Forge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sync_module, "IDLE_WARM_S", 0.05)
+    old = tmp_path / "state" / str(seeded(tmp_path / "state", forge, 3))
+    trusted = [public_key_base64(forge.private)]
+    async with running_gate(tmp_path, broker, topics, trusted) as gate:
+        await gate.wait_for(lambda: old in open_files())
+        with WhitelistStore.open(tmp_path / "state") as cli:  # e.g. ``whitelist import``
+            snapshot = forge.snapshot([item(epc(7))], seq=2)
+            cli.apply(snapshot, site=SITE, sha256="s2", now=datetime.now(UTC))
+            new = tmp_path / "state" / str(cli.index_state().file)
+
+        # Removed from the directory at once; its space is the daemon's until it closes it.
+        assert not old.exists()
+        await gate.wait_for(lambda: old not in open_files() and new in open_files())
+        assert sorted(gate.store.lookup_items([epc(0), epc(7)])) == [epc(7)]
 
 
 class _UntilStopped(threading.Event):
