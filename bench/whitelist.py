@@ -13,6 +13,8 @@ back-office simulator (realistic SKUs, owners, statuses; items exported pallet b
   over the same keys on a plain connection. Runs in a process of its own, opened as the
   daemon opens the store, whose peak RSS is reported too; the database and the item index
   are read once first, so that both are measured from the OS page cache (warm_page_cache);
+  a fixed piece of pure-Python work is timed after each passage, its p50 / p99 the
+  machine's own jitter in the same run (fixed_work);
 - delta under load: passages decided back to back (the whitelist work of a decision:
   the 1,000-tag lookup on a worker thread, awaited from the event loop) while a
   10,000-record delta is verified and applied through ``WhitelistSync`` in its apply
@@ -273,6 +275,7 @@ def lookup_phase(work: Workdir) -> dict[str, float]:
     # lands in some lookup's time.
     gc.freeze()
     figures: dict[str, float] = {}
+    jitter: list[float] = []
     for shape, keys in shapes.items():
         ours: list[float] = []
         raw: list[float] = []
@@ -288,6 +291,9 @@ def lookup_phase(work: Workdir) -> dict[str, float]:
                     sql = f"SELECT * FROM items WHERE epc IN ({','.join('?' * len(passage))})"
                     bare.execute(sql, passage).fetchall()
                     raw.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            fixed_work()
+            jitter.append(time.perf_counter() - started)
         suffix = "" if shape == "uniform" else f"_{shape}"
         figures |= {
             f"lookup_p50_ms{suffix}": round(statistics.median(ours) * 1000, 2),
@@ -296,12 +302,24 @@ def lookup_phase(work: Workdir) -> dict[str, float]:
             f"bare_in_p99_ms{suffix}": round(percentile(raw, 99) * 1000, 2),
         }
     bare.close()
+    figures["fixed_work_p50_ms"] = round(statistics.median(jitter) * 1000, 2)
+    figures["fixed_work_p99_ms"] = round(percentile(jitter, 99) * 1000, 2)
     figures["lookup_page_cache_warm_up_s"] = round(warmed_s, 1)
     status = proc_status(os.getpid())
     figures["lookup_process_peak_rss_mb"] = mib(status.get("VmHWM", 0))
     # What the store itself costs in memory after all those lookups (the rest is test data).
     figures["lookup_store_rss_mb"] = mib(status.get("VmRSS", 0) - before_kib)
     return figures
+
+
+def fixed_work() -> int:
+    """The same pure-Python work every time (a few ms), timed beside the lookups: its
+    p99 over p50 is this machine's own jitter in the same run (a shared VM's neighbours,
+    interrupts), which a lookup's p99 carries too."""
+    total = 0
+    for n in range(45_000):
+        total += n * n
+    return total
 
 
 def run_lookup(work: Workdir) -> dict[str, float]:
@@ -553,6 +571,11 @@ def report(figures: dict[str, object]) -> None:
             "  bare SQLite IN p50 / p99",
             f"{figures['bare_in_p50_ms']} / {figures['bare_in_p99_ms']} ms",
             "ceiling",
+        ),
+        (
+            "  fixed CPU work p50 / p99",
+            f"{figures['fixed_work_p50_ms']} / {figures['fixed_work_p99_ms']} ms",
+            "the machine's jitter",
         ),
         (
             "lookup 5 pallets (1,000 tags) p50 / p99",
