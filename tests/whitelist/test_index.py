@@ -654,16 +654,23 @@ def test_warming_opens_the_index_another_process_wrote_before_any_lookup(
         assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(1)]
 
 
+def replaced_by_another_process(daemon: WhitelistStore) -> tuple[Path, Path]:
+    """A snapshot the daemon has open, then another one applied by another store (as by
+    ``whitelist import``): the old index file and the new one."""
+    directory = daemon.path.parent
+    apply(daemon, FORGE.snapshot([item(epc(1))]))
+    daemon.warm()
+    old = directory / str(daemon.index_state().file)
+    with WhitelistStore.open(directory) as cli:
+        apply(cli, FORGE.snapshot([item(epc(2))], seq=2))
+    return old, directory / str(daemon.index_state().file)
+
+
 def test_an_index_file_a_rebuild_replaced_is_closed_by_warm_not_by_a_lookup(
     tmp_path: Path,
 ) -> None:
     with WhitelistStore.open(tmp_path) as daemon:
-        apply(daemon, FORGE.snapshot([item(epc(1))]))
-        daemon.warm()
-        old = tmp_path / str(daemon.index_state().file)
-        with WhitelistStore.open(tmp_path) as cli:
-            apply(cli, FORGE.snapshot([item(epc(2))], seq=2))
-        new = tmp_path / str(daemon.index_state().file)
+        old, new = replaced_by_another_process(daemon)
 
         assert sorted(daemon.lookup_items([epc(1), epc(2)])) == [epc(2)]
         # Removed by the apply, still open: its last close frees it, which takes a while.
@@ -680,12 +687,7 @@ def test_a_view_that_fails_to_load_keeps_the_last_one_and_leaves_no_file_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with WhitelistStore.open(tmp_path) as daemon:
-        apply(daemon, FORGE.snapshot([item(epc(1))]))
-        daemon.warm()
-        old = tmp_path / str(daemon.index_state().file)
-        with WhitelistStore.open(tmp_path) as cli:
-            apply(cli, FORGE.snapshot([item(epc(2))], seq=2))
-        new = tmp_path / str(daemon.index_state().file)
+        old, new = replaced_by_another_process(daemon)
         # The read after the new file is opened fails (as SQLite may: busy, I/O error).
         monkeypatch.setattr(store_module, "_UNINDEXED_SELECT", "SELECT no_such_column")
         with pytest.raises(StoreError):
