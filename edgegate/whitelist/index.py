@@ -437,12 +437,15 @@ class ItemIndex:
             # All at once, here: decoded lazily, a process's first passages paid for it (at
             # 10M items, the first ~40 lookups of 1,000 random tags took 7.5 ms, not 4).
             try:
-                decoded = {str(number): _decoded_part(text) for number, text in enumerate(shared)}
+                numbers = map(str, range(len(shared)))
+                decoded = dict(zip(numbers, map(_decoded_part, shared), strict=True))
             except (ValueError, TypeError):  # a field count, or a list that is not one
                 raise UnusableIndexError(f"{path}: shared parts damaged") from None
-            offsets = array.array(_OFFSET_TYPES[header.width])
             count = header.groups * GROUP_BUCKETS + 1
-            offsets.frombytes(os.pread(fd, header.width * count, at + header.shared_len))
+            offsets = array.array(_OFFSET_TYPES[header.width], [0]) * count
+            # Read straight into the array: no 20 MB bytes object to fill, then copy.
+            if os.preadv(fd, [offsets], at + header.shared_len) != header.width * count:
+                raise UnusableIndexError(f"{path}: bucket offsets damaged")
             if sys.byteorder != "little":
                 offsets.byteswap()
             if offsets[0] != 1 or offsets[-1] != header.data_len:

@@ -682,7 +682,7 @@ class WhitelistStore:
         about; then close the index files that were replaced.
 
         The daemon calls this before it is ready, after every bundle it applies and when idle
-        (see sync.IDLE_WARM_S), so that a passage pays for neither (at 10M items ~70 ms to
+        (see sync.IDLE_WARM_S), so that a passage pays for neither (at 10M items ~30 ms to
         read, ~130 ms to close); a lookup still reads whatever changed since, and leaves the
         closing to this."""
         try:
