@@ -460,12 +460,10 @@ class WhitelistStore:
             self._reader.close()
             self._writer.close()
             view = self._view_cache
-            for index in () if view is None else (view.index, view.listed):
+            for index in (*self._retired, *(() if view is None else (view.index, view.listed))):
                 if index is not None:
                     index.close()
             self._view_cache = None
-            for index in self._retired:
-                index.close()
             self._retired.clear()
 
     def __enter__(self) -> WhitelistStore:
